@@ -1,0 +1,201 @@
+"""``convo``: look at the streams, tail them, handle dead letters, run the local stack."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.runtime import connect
+from shared.schemas import MESSAGE_TYPES, _is_bytes
+from shared.settings import ServiceSettings
+
+app = typer.Typer(help="Conversationalist: streams, dead letters and the local stack.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: entries that could not be handled.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+console = Console()
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _client() -> tuple[redis.Redis, ServiceSettings]:
+    settings = ServiceSettings()
+    return connect(settings), settings
+
+
+def _s(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@app.command()
+def status() -> None:
+    """Each stream's length, and per group its consumers, pending entries, lag and last id."""
+    client, settings = _client()
+    table = Table(title=f"streams on {settings.redis_url}")
+    for col in ("stream", "length", "group", "consumers", "pending", "lag", "last delivered"):
+        table.add_column(col, justify="right" if col in ("length", "consumers", "pending", "lag") else "left")
+    for stream in settings.streams.model_dump().values():
+        if not client.exists(stream):
+            table.add_row(stream, "-", "", "", "", "", "")
+            continue
+        length = str(client.xlen(stream))
+        groups = client.xinfo_groups(stream)
+        if not groups:
+            table.add_row(stream, length, "(no group)", "", "", "", "")
+        for i, g in enumerate(groups):
+            consumers = client.xinfo_consumers(stream, g["name"])
+            names = ", ".join(f"{_s(c['name'])}({c['pending']})" for c in consumers) or "none"
+            table.add_row(
+                stream if i == 0 else "", length if i == 0 else "", _s(g["name"]),
+                names, str(g["pending"]), _s(g.get("lag", "?")), _s(g["last-delivered-id"]),
+            )  # fmt: skip
+    console.print(table)
+
+
+def _summarise(stream_attr: str | None, fields: dict[bytes, bytes]) -> str:
+    model = MESSAGE_TYPES.get(stream_attr or "")
+    parts = []
+    for key, value in fields.items():
+        name = _s(key)
+        info = model.model_fields.get(name) if model else None
+        binary = info is not None and _is_bytes(info.annotation)
+        if not binary:
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                binary = True
+        parts.append(f"{name}=<{len(value)} bytes>" if binary else f"{name}={text[:200]!r}")
+    return " ".join(parts)
+
+
+@app.command()
+def tail(
+    stream: Annotated[str, typer.Argument(help="Stream name, e.g. transcripts or audio:segments.")],
+    last: Annotated[int, typer.Option(help="Show this many existing entries first.")] = 0,
+    count: Annotated[int, typer.Option(help="Exit after this many entries (0: follow forever).")] = 0,
+) -> None:
+    """Follow a stream live; binary fields are shown as their size."""
+    client, settings = _client()
+    attr = next((k for k, v in settings.streams.model_dump().items() if v == stream), None)
+    shown = 0
+    cursor = "$"
+    if last:
+        history = list(reversed(client.xrevrange(stream, count=last)))
+        for entry_id, fields in history:
+            console.print(f"[bold]{_s(entry_id)}[/] {_summarise(attr, fields)}", highlight=False)
+            shown += 1
+        cursor = _s(history[-1][0]) if history else "$"
+    while not count or shown < count:
+        reply = client.xread({stream: cursor}, block=1000, count=100)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                console.print(f"[bold]{_s(entry_id)}[/] {_summarise(attr, fields)}", highlight=False)
+                cursor = _s(entry_id)
+                shown += 1
+
+
+@dlq_app.command("list")
+def dlq_list(count: Annotated[int, typer.Option(help="At most this many letters.")] = 50) -> None:
+    """Dead letters, oldest first, with where they came from and why they failed."""
+    client, settings = _client()
+    table = Table(title=f"{settings.streams.dlq} ({client.xlen(settings.streams.dlq)} letters)")
+    for col in ("dlq id", "stream", "entry id", "group", "deliveries", "error"):
+        table.add_column(col, overflow="fold")
+    for entry_id, f in client.xrange(settings.streams.dlq, count=count):
+        table.add_row(
+            *(
+                _s(x)
+                for x in (
+                    entry_id,
+                    f[b"stream"],
+                    f[b"id"],
+                    f[b"group"],
+                    f[b"deliveries"],
+                    f[b"error"],
+                )
+            )
+        )
+    console.print(table)
+
+
+def _letters(
+    client: redis.Redis, dlq: str, ids: list[str], all_: bool
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    if all_:
+        return client.xrange(dlq)
+    if not ids:
+        raise typer.BadParameter("name dlq ids, or pass --all")
+    found = [client.xrange(dlq, i, i) for i in ids]
+    missing = [i for i, f in zip(ids, found, strict=True) if not f]
+    if missing:
+        raise typer.BadParameter(f"no such dead letter: {', '.join(missing)}")
+    return [f[0] for f in found]
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids (from `convo dlq list`).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+) -> None:
+    """Put letters back on their original stream as new entries, and remove them from the DLQ."""
+    client, settings = _client()
+    for entry_id, f in _letters(client, settings.streams.dlq, ids or [], all_):
+        original = {k[2:]: v for k, v in f.items() if k.startswith(b"f.")}
+        new_id = client.xadd(_s(f[b"stream"]), original)
+        client.xdel(settings.streams.dlq, entry_id)
+        console.print(f"retried {_s(entry_id)} -> {_s(f[b'stream'])} {_s(new_id)}")
+
+
+@dlq_app.command("drop")
+def dlq_drop(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids (from `convo dlq list`).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+) -> None:
+    """Delete letters for good."""
+    client, settings = _client()
+    letters = _letters(client, settings.streams.dlq, ids or [], all_)
+    if letters:
+        client.xdel(settings.streams.dlq, *[entry_id for entry_id, _ in letters])
+    console.print(f"dropped {len(letters)} dead letters")
+
+
+@app.command()
+def up(
+    procfile: Annotated[Path, typer.Option(help="Which Procfile honcho runs.")] = REPO / "Procfile",
+) -> None:
+    """Run every service with honcho; start a private redis-server unless CONVO_REDIS_URL is set."""
+    from shared.redis_server import RedisServer
+
+    settings = ServiceSettings()
+    env = dict(os.environ)
+    server = None
+    if "CONVO_REDIS_URL" not in os.environ:
+        try:
+            connect(settings).ping()
+            console.print(f"using the Redis already on {settings.redis_url}")
+        except redis.ConnectionError:
+            port = redis.connection.parse_url(settings.redis_url).get("port", 6380)
+            server = RedisServer(REPO / ".convo" / "redis", port=port).start()
+            console.print(f"started redis-server on {server.url} (data in .convo/redis)")
+    env["CONVO_REDIS_URL"] = settings.redis_url
+    honcho = Path(sys.executable).with_name("honcho")
+    proc = subprocess.Popen([str(honcho), "-f", str(procfile), "-d", str(REPO), "start"], env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        code = proc.wait()  # honcho got the same Ctrl-C and stops its children
+    finally:
+        if server:
+            time.sleep(0.2)
+            server.stop()
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

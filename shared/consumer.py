@@ -1,0 +1,433 @@
+"""The one consumer loop every service runs.
+
+A service hands :class:`Consumer` a handler per input message type. The loop reads its
+group's entries in batches, parses them into the stream's message model, calls the
+handler and then, in one MULTI, writes the outputs, records the message as done and
+acks it. Nothing is acked before its outputs are written, so a crashed replica's work
+is reclaimed (XAUTOCLAIM) and redone; the "done" record makes the redo a no-op when the
+outputs had already been written. See docs/ARCHITECTURE.md for the delivery rules.
+"""
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.schemas import BadMessageError, StreamMessage, now
+from shared.settings import ServiceSettings
+from shared.streams import done_key, heartbeat_key
+
+log = logging.getLogger(__name__)
+
+PROCESSED = Counter("convo_processed_total", "Entries handled and acked", ["stage", "stream"])
+FAILED = Counter("convo_failed_total", "Handler failures (left pending for a retry)", ["stage", "stream"])
+DEAD = Counter("convo_dead_lettered_total", "Entries moved to the dead-letter stream", ["stage", "stream"])
+DUPLICATES = Counter(
+    "convo_duplicates_total",
+    "Redelivered entries whose outputs already existed",
+    ["stage", "stream"],
+)
+LATENCY = Histogram(
+    "convo_handler_seconds",
+    "Handler time per entry",
+    ["stage", "stream"],
+    buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LAG = Gauge("convo_lag_entries", "Entries in the stream not yet delivered to the group", ["stage", "stream"])
+
+Outputs = Sequence[StreamMessage]
+
+
+class Handler(Protocol):
+    """A stage's work: one parsed message in, the messages to publish out."""
+
+    def __call__(self, msg: Any, /) -> Outputs: ...
+
+
+class BatchHandler(Protocol):
+    """A handler that is faster on several messages at once (GPU batching).
+
+    It returns one result per message: its outputs, or the exception that message raised.
+    """
+
+    def __call__(self, msg: Any, /) -> Outputs: ...
+
+    def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]: ...
+
+
+@dataclass
+class Stats:
+    """What one :meth:`Consumer.run` did; the same events the Prometheus counters count."""
+
+    processed: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    reclaimed: int = 0
+
+
+@dataclass
+class _Entry:
+    stream: str
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    deliveries: int
+    msg: StreamMessage | None = None
+    outputs: Outputs | None = None
+    error: str | None = None
+    duplicate: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Consumer:
+    """Runs handlers over a consumer group on one or more streams.
+
+    ``handlers`` maps an input message type (whose stream comes from the settings) to
+    its handler. Handlers see parsed messages and return messages; they see no Redis.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: ServiceSettings,
+        group: str,
+        handlers: Mapping[type[StreamMessage], Handler],
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.cfg = settings.consumer
+        self.group = group
+        self.name = settings.consumer_name
+        self.stop = stop or threading.Event()
+        self.stats = Stats()
+        self._routes: dict[str, tuple[type[StreamMessage], Handler]] = {
+            self.stream_of(model): (model, handler) for model, handler in handlers.items()
+        }
+        self._last_claim = 0.0
+        self._last_beat = 0.0
+
+    def stream_of(self, model: type[StreamMessage]) -> str:
+        """The configured stream name of a message type."""
+        return getattr(self.settings.streams, model.STREAM)
+
+    def cap_of(self, stream_attr: str) -> int:
+        return getattr(self.settings.caps, stream_attr)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def run(self, burst: bool = False) -> Stats:
+        """Consume until SIGTERM/SIGINT (or ``stop``); with ``burst``, until the group is drained."""
+        self._install_signal_handlers()
+        backoff = 0.1
+        groups_ready = False
+        while not self.stop.is_set():
+            try:
+                if not groups_ready:
+                    self.ensure_groups()
+                    groups_ready = True
+                self._beat()
+                batch = self._claim() or self._read(burst)
+                if batch:
+                    self._process(batch)
+                elif burst and self._drained():
+                    break
+                elif burst:
+                    self.stop.wait(0.05)
+                backoff = 0.1
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # The stream or group was deleted under us: restarting recreates it at 0.
+                    log.critical(
+                        "group %s vanished (%s); exiting so the supervisor restarts",
+                        self.group,
+                        exc,
+                    )
+                    raise
+                log.exception("redis error in group %s; backing off %.1fs", self.group, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.cfg.backoff_max_s)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.cfg.backoff_max_s)
+                groups_ready = False
+        log.info("consumer %s/%s stopped: %s", self.group, self.name, self.stats)
+        return self.stats
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("signal %s: finishing the message in hand, then exiting", signal.Signals(signum).name)
+        self.stop.set()
+
+    def ensure_groups(self) -> None:
+        """Create the group on every input stream from its start (``0``), keeping the backlog."""
+        for stream in self._routes:
+            try:
+                self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _beat(self) -> None:
+        t = time.monotonic()
+        if t - self._last_beat < self.cfg.heartbeat_ttl_s / 3:
+            return
+        self._last_beat = t
+        self.redis.set(heartbeat_key(self.group, self.name), repr(now()), ex=self.cfg.heartbeat_ttl_s)
+        for stream in self._routes:
+            for info in self.redis.xinfo_groups(stream):
+                if info["name"].decode() == self.group and info.get("lag") is not None:
+                    LAG.labels(self.group, stream).set(info["lag"])
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _read(self, burst: bool) -> list[_Entry]:
+        reply = self.redis.xreadgroup(
+            self.group,
+            self.name,
+            {stream: ">" for stream in self._routes},
+            count=self.cfg.batch_size,
+            block=None if burst else self.cfg.block_ms,
+        )
+        return [
+            _Entry(stream.decode(), entry_id, fields, deliveries=1)
+            for stream, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    def _claim(self) -> list[_Entry]:
+        """Take over entries idle longer than ``claim_idle_ms`` (a crashed or failing consumer's)."""
+        t = time.monotonic()
+        if t - self._last_claim < self.cfg.claim_every_s:
+            return []
+        self._last_claim = t
+        batch: list[_Entry] = []
+        for stream in self._routes:
+            reply = self.redis.xautoclaim(
+                stream,
+                self.group,
+                self.name,
+                self.cfg.claim_idle_ms,
+                "0-0",
+                count=self.cfg.batch_size,
+            )
+            entries = [(eid, fields) for eid, fields in reply[1] if fields is not None]
+            if not entries:
+                continue
+            # The delivery count lives in the pending list; XAUTOCLAIM has just raised it.
+            pending = self.redis.xpending_range(
+                stream,
+                self.group,
+                min=entries[0][0],
+                max=entries[-1][0],
+                count=len(entries) * 4 + 10,
+                consumername=self.name,
+            )
+            counts = {p["message_id"]: p["times_delivered"] for p in pending}
+            for eid, fields in entries:
+                batch.append(_Entry(stream, eid, fields, deliveries=counts.get(eid, 1)))
+        if batch:
+            self.stats.reclaimed += len(batch)
+            log.info("group %s reclaimed %d idle entries", self.group, len(batch))
+            self._last_claim = 0.0  # more may be waiting: claim again on the next turn
+        return batch
+
+    def _drained(self) -> bool:
+        for stream in self._routes:
+            for info in self.redis.xinfo_groups(stream):
+                if info["name"].decode() != self.group:
+                    continue
+                if info["pending"] or info.get("lag"):
+                    self._last_claim = 0.0 if info["pending"] else self._last_claim
+                    return False
+        return True
+
+    # -- handling --------------------------------------------------------------------
+
+    def _process(self, batch: list[_Entry]) -> None:
+        for entry in batch:
+            self._parse(entry)
+        self._skip_done(batch)
+        for stream, (_, handler) in self._routes.items():
+            todo = [e for e in batch if e.stream == stream and e.msg is not None and e.outputs is None]
+            if todo and not (self.stop.is_set() and any(e.outputs for e in batch)):
+                self._handle(handler, todo)
+        self._commit(batch)
+
+    def _parse(self, entry: _Entry) -> None:
+        model = self._routes[entry.stream][0]
+        if entry.deliveries > self.cfg.max_deliveries:
+            entry.error = f"delivered {entry.deliveries} times without an ack (the consumer died handling it)"
+            return
+        try:
+            entry.msg = model.from_fields(entry.fields, self.cfg.max_field_bytes)
+        except BadMessageError as exc:
+            entry.error = str(exc)
+            entry.deliveries = self.cfg.max_deliveries  # retrying cannot fix a malformed entry
+
+    def _skip_done(self, batch: list[_Entry]) -> None:
+        parsed = [e for e in batch if e.msg is not None]
+        if not parsed:
+            return
+        keys = [done_key(self.group, e.msg.key) for e in parsed]  # type: ignore[union-attr]
+        seen: set[str] = set()
+        for entry, key, mark in zip(parsed, keys, self.redis.mget(keys), strict=True):
+            if mark is not None or key in seen:  # done earlier, or twice in this batch
+                entry.outputs = ()
+                entry.duplicate = True
+            seen.add(key)
+
+    def _handle(self, handler: Handler, todo: list[_Entry]) -> None:
+        batch_fn: Callable[[Sequence[Any]], list[Outputs | Exception]] | None = getattr(
+            handler, "handle_batch", None
+        )
+        if batch_fn is not None and len(todo) > 1 and not self.stop.is_set():
+            results = self._guard(lambda: batch_fn([e.msg for e in todo]), len(todo))
+            for entry, result in zip(todo, results, strict=True):
+                self._record(entry, result)
+            return
+        for entry in todo:
+            if self.stop.is_set() and entry is not todo[0]:
+                break  # SIGTERM: the message in hand is finished; the rest stay pending for others
+            entry.started = time.perf_counter()
+            self._record(entry, self._guard(lambda e=entry: [handler(e.msg)], 1)[0])
+
+    @staticmethod
+    def _guard(call: Callable[[], list[Any]], n: int) -> list[Outputs | Exception]:
+        try:
+            return call()
+        except Exception as exc:
+            return [exc] * n
+
+    def _record(self, entry: _Entry, result: Outputs | Exception) -> None:
+        stream = entry.stream
+        LATENCY.labels(self.group, stream).observe(time.perf_counter() - entry.started)
+        if isinstance(result, Exception):
+            entry.error = f"{type(result).__name__}: {result}"
+            if isinstance(result, BadMessageError):
+                entry.deliveries = self.cfg.max_deliveries
+            elif entry.deliveries < self.cfg.max_deliveries:
+                log.warning(
+                    "stream=%s id=%s ms=%.0f outcome=retry deliveries=%d error=%s",
+                    stream,
+                    entry.entry_id.decode(),
+                    self._ms(entry),
+                    entry.deliveries,
+                    entry.error,
+                    exc_info=result if not isinstance(result, ValueError) else None,
+                )
+                FAILED.labels(self.group, stream).inc()
+                self.stats.failed += 1
+        else:
+            entry.outputs = list(result)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        """Write outputs, done records, dead letters and acks in one transaction.
+
+        The done keys are WATCHed: if a concurrent replica committed the same message
+        first, EXEC fails and the retry only acks.
+        """
+        while True:
+            try:
+                self._commit_once(batch)
+                return
+            except redis.WatchError:
+                log.info("group %s: a concurrent replica committed first; re-checking", self.group)
+
+    def _commit_once(self, batch: list[_Entry]) -> None:
+        finished = [e for e in batch if e.outputs is not None]
+        dead = [e for e in batch if e.outputs is None and e.error and e.deliveries >= self.cfg.max_deliveries]
+        keys = [done_key(self.group, e.msg.key) for e in finished if e.msg is not None]
+        with self.redis.pipeline(transaction=True) as pipe:
+            if keys:
+                pipe.watch(*keys)
+                already = {k for k, mark in zip(keys, pipe.mget(keys), strict=True) if mark is not None}
+            else:
+                already = set()
+            pipe.multi()
+            for entry in finished:
+                key = done_key(self.group, entry.msg.key)  # type: ignore[union-attr]
+                if entry.duplicate or key in already:
+                    entry.duplicate = True
+                    continue
+                for out in entry.outputs or ():
+                    pipe.xadd(
+                        getattr(self.settings.streams, out.STREAM),
+                        out.to_fields(),
+                        maxlen=self.cap_of(out.STREAM),
+                        approximate=True,
+                    )
+                pipe.set(key, "1", ex=self.cfg.dedupe_ttl_s)
+            for entry in dead:
+                pipe.xadd(
+                    self.settings.streams.dlq,
+                    self._dead_letter(entry),
+                    maxlen=self.settings.caps.dlq,
+                    approximate=True,
+                )
+            for stream in {e.stream for e in finished + dead}:
+                ids = [e.entry_id for e in finished + dead if e.stream == stream]
+                pipe.xack(stream, self.group, *ids)
+            pipe.execute()
+        self._account(finished, dead)
+
+    def _dead_letter(self, entry: _Entry) -> dict[str, bytes | str]:
+        letter: dict[str, bytes | str] = {
+            "v": "1",
+            "stream": entry.stream,
+            "id": entry.entry_id.decode(),
+            "group": self.group,
+            "consumer": self.name,
+            "deliveries": str(entry.deliveries),
+            "error": (entry.error or "")[:2000],
+            "t": repr(now()),
+        }
+        # The original fields, prefixed so that no field name of theirs can shadow ours.
+        letter.update({"f." + k.decode("utf-8", "replace"): v for k, v in entry.fields.items()})
+        return letter
+
+    def _account(self, finished: list[_Entry], dead: list[_Entry]) -> None:
+        for entry in finished:
+            stream, eid = entry.stream, entry.entry_id.decode()
+            if entry.duplicate:
+                DUPLICATES.labels(self.group, stream).inc()
+                self.stats.duplicates += 1
+                log.info("stream=%s id=%s outcome=duplicate", stream, eid)
+            else:
+                PROCESSED.labels(self.group, stream).inc()
+                self.stats.processed += 1
+                log.info(
+                    "stream=%s id=%s ms=%.0f outcome=ok outputs=%d",
+                    stream,
+                    eid,
+                    self._ms(entry),
+                    len(entry.outputs or ()),
+                )
+        for entry in dead:
+            DEAD.labels(self.group, entry.stream).inc()
+            self.stats.dead_lettered += 1
+            log.error(
+                "stream=%s id=%s outcome=dlq deliveries=%d error=%s",
+                entry.stream,
+                entry.entry_id.decode(),
+                entry.deliveries,
+                entry.error,
+            )
+
+    @staticmethod
+    def _ms(entry: _Entry) -> float:
+        return (time.perf_counter() - entry.started) * 1000

@@ -1,0 +1,64 @@
+"""What every service's ``__main__`` does: logging, metrics, the Redis client, ``--check``."""
+
+import logging
+import sys
+from collections.abc import Callable, Mapping
+
+import redis
+from prometheus_client import start_http_server
+
+from shared.consumer import Consumer, Handler
+from shared.schemas import StreamMessage
+from shared.settings import ServiceSettings
+from shared.streams import KEY_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+def connect(settings: ServiceSettings) -> redis.Redis:
+    """A client for binary entries, with keepalive so a dead server is noticed."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_keepalive=True,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+
+
+def check(settings: ServiceSettings, group: str) -> int:
+    """Exit status for a container healthcheck: 0 if a consumer of ``group`` on this host is alive."""
+    import socket
+
+    try:
+        client = connect(settings)
+        pattern = f"{KEY_PREFIX}:heartbeat:{group}:{socket.gethostname()}-*"
+        alive = next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
+    except redis.RedisError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    print("healthy" if alive else f"unhealthy: no heartbeat for group {group!r} on this host")
+    return 0 if alive else 1
+
+
+def serve(
+    settings: ServiceSettings,
+    group: str,
+    handlers: Callable[[], Mapping[type[StreamMessage], Handler]],
+    check_only: bool = False,
+) -> int:
+    """Run one service: build its handlers (models load here), then consume until SIGTERM."""
+    configure_logging(settings.log_level)
+    if check_only:
+        return check(settings, group)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    consumer = Consumer(connect(settings), settings, group, handlers())
+    log.info("%s consumer %s on %s", group, settings.consumer_name, settings.redis_url)
+    consumer.run()
+    return 0

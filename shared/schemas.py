@@ -1,0 +1,233 @@
+"""One pydantic model per stream entry, and the flat Redis encoding they share.
+
+An entry is a flat Redis hash: text and numbers as readable strings, lists and dicts as
+JSON text, and only the fields typed ``bytes`` (audio, JPEG, embeddings) as raw bytes.
+That keeps ``redis-cli XRANGE`` useful without base64 on the large fields.
+"""
+
+import json
+import time
+from typing import Annotated, Any, ClassVar, Self, get_args, get_origin
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Text = Annotated[str, Field(max_length=100_000)]
+Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+EMBEDDING_DIM = 512
+
+
+class BadMessageError(ValueError):
+    """An entry that can never be handled: it goes to the dead-letter stream at once."""
+
+
+def _is_bytes(annotation: Any) -> bool:
+    if annotation is bytes:
+        return True
+    return get_origin(annotation) is Annotated and get_args(annotation)[0] is bytes
+
+
+def _is_json(annotation: Any) -> bool:
+    base = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+    return get_origin(base) in (list, dict) or base in (list, dict)
+
+
+class StreamMessage(BaseModel):
+    """Base of every stream entry.
+
+    Subclasses set ``STREAM`` (the attribute of :class:`shared.streams.StreamNames` that
+    names their stream) and ``KEY`` (the field that is the entry's own stable id).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    STREAM: ClassVar[str]
+    KEY: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+    v: int = 1
+
+    @property
+    def key(self) -> str:
+        """The stable id that makes a redelivered entry recognisable."""
+        return str(getattr(self, self.KEY))
+
+    def to_fields(self) -> dict[str, bytes | str]:
+        """Flatten to Redis fields."""
+        fields: dict[str, bytes | str] = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if _is_bytes(info.annotation):
+                fields[name] = value
+            elif _is_json(info.annotation):
+                fields[name] = json.dumps(value, separators=(",", ":"))
+            else:
+                fields[name] = repr(value) if isinstance(value, float) else str(value)
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes], max_field_bytes: int = 8 << 20) -> Self:
+        """Parse an entry read from Redis; any problem raises :class:`BadMessageError`."""
+        raw = {k.decode("utf-8", "replace"): val for k, val in fields.items()}
+        version = raw.get("v")
+        if version is None:
+            raise BadMessageError(f"{cls.__name__}: missing schema version field 'v'")
+        if version != str(cls.VERSION).encode():
+            raise BadMessageError(
+                f"{cls.__name__}: unknown schema version v={version[:20]!r}, "
+                f"this reader knows v={cls.VERSION}"
+            )
+        data: dict[str, Any] = {}
+        for name, value in raw.items():
+            if len(value) > max_field_bytes:
+                raise BadMessageError(
+                    f"{cls.__name__}: field {name!r} is {len(value)} bytes, "
+                    f"over the limit of {max_field_bytes}"
+                )
+            info = cls.model_fields.get(name)
+            if info is None or _is_bytes(info.annotation):
+                data[name] = value  # unknown names are rejected by extra="forbid" below
+                continue
+            try:
+                text = value.decode("utf-8")
+                data[name] = json.loads(text) if _is_json(info.annotation) else text
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BadMessageError(f"{cls.__name__}: field {name!r} is unreadable: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in exc.errors())
+            raise BadMessageError(f"{cls.__name__}: {problems}") from None
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch: the clock every ``t`` field uses."""
+    return time.time()
+
+
+class AudioSegmentMessage(StreamMessage):
+    """One VAD speech segment, PCM s16le mono."""
+
+    STREAM = "audio_segments"
+    KEY = "segment_id"
+
+    segment_id: Id
+    session: Id
+    t_start: float
+    t_end: float
+    sample_rate: Annotated[int, Field(gt=0, le=192_000)]
+    audio: bytes
+
+
+class FrameMessage(StreamMessage):
+    """One camera frame taken during speech, as JPEG."""
+
+    STREAM = "frames"
+    KEY = "frame_id"
+
+    frame_id: Id
+    session: Id
+    t: float
+    width: Annotated[int, Field(gt=0, le=16_384)]
+    height: Annotated[int, Field(gt=0, le=16_384)]
+    image: bytes
+
+
+class TranscriptMessage(StreamMessage):
+    """The text of one speech segment."""
+
+    STREAM = "transcripts"
+    KEY = "segment_id"
+
+    segment_id: Id
+    session: Id
+    t_start: float
+    t_end: float
+    text: Text
+    language: Annotated[str, Field(max_length=16)]
+    confidence: Annotated[float, Field(ge=0.0, le=1.0)]
+    model: Annotated[str, Field(max_length=200)]
+
+
+class FaceMessage(StreamMessage):
+    """One detected face: box, landmarks, a normed float32 embedding and a thumbnail."""
+
+    STREAM = "faces"
+    KEY = "face_id"
+
+    face_id: Id
+    frame_id: Id
+    session: Id
+    t: float
+    bbox: Annotated[list[float], Field(min_length=4, max_length=4)]
+    det_score: Annotated[float, Field(ge=0.0, le=1.0)]
+    landmarks: Annotated[list[list[float]], Field(max_length=106)] = []
+    embedding: bytes
+    thumb: bytes = b""
+
+    def vector(self) -> np.ndarray:
+        """The embedding as a float32 array; raises :class:`BadMessageError` if it is unusable."""
+        return embedding_from_bytes(self.embedding)
+
+
+class RecallMessage(StreamMessage):
+    """Who is in front of the wearer now: one card for the overlay."""
+
+    STREAM = "recalls"
+    KEY = "recall_id"
+
+    recall_id: Id
+    person_id: Id
+    name: Annotated[str, Field(max_length=200)]
+    summary: Text
+    similarity: float
+    t: float
+
+
+class EncounterMessage(StreamMessage):
+    """One finished conversation with one person."""
+
+    STREAM = "encounters"
+    KEY = "encounter_id"
+
+    encounter_id: Id
+    session: Id
+    person_id: Id
+    t_start: float
+    t_end: float
+    transcript: Text
+    summary: Text
+    facts: list[dict[str, Any]] = []
+
+
+MESSAGE_TYPES: dict[str, type[StreamMessage]] = {
+    m.STREAM: m
+    for m in (
+        AudioSegmentMessage,
+        FrameMessage,
+        TranscriptMessage,
+        FaceMessage,
+        RecallMessage,
+        EncounterMessage,
+    )
+}
+"""Message model by the ``StreamNames`` attribute of its stream."""
+
+
+def embedding_to_bytes(vector: np.ndarray) -> bytes:
+    """Encode an embedding as float32 little-endian."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def embedding_from_bytes(data: bytes, dim: int = EMBEDDING_DIM) -> np.ndarray:
+    """Decode and check an embedding: right size, finite, unit norm."""
+    if len(data) != dim * 4:
+        raise BadMessageError(f"embedding is {len(data)} bytes, expected {dim} float32 ({dim * 4})")
+    vector = np.frombuffer(data, dtype="<f4")
+    if not np.all(np.isfinite(vector)):
+        raise BadMessageError("embedding holds NaN or infinity")
+    norm = float(np.linalg.norm(vector))
+    if not 0.99 < norm < 1.01:
+        raise BadMessageError(f"embedding is not normed (norm {norm:.3f})")
+    return vector

@@ -1,0 +1,67 @@
+"""Every stream, consumer-group and key name the project uses, in one place.
+
+Stream names are settings (``CONVO_STREAMS__TRANSCRIPTS=...``) so that a second
+deployment can share one Redis; everything else here is fixed.
+"""
+
+from pydantic import BaseModel
+
+KEY_PREFIX = "convo"
+
+
+class StreamNames(BaseModel):
+    """Names of the streams, as DESIGN's stream table gives them."""
+
+    audio_segments: str = "audio:segments"
+    """VAD speech segments from capture."""
+    frames: str = "frames"
+    """Camera frames taken during speech, from capture."""
+    transcripts: str = "transcripts"
+    """Text of each speech segment, from the transcriber."""
+    faces: str = "faces"
+    """One entry per detected face, from the face service."""
+    recalls: str = "recalls"
+    """Recall cards for the overlay, from memory."""
+    encounters: str = "encounters"
+    """Finished conversations, from memory."""
+    dlq: str = "dlq"
+    """Entries that could not be handled, with their error."""
+
+
+class StreamCaps(BaseModel):
+    """Approximate ``MAXLEN`` per stream: the hard bound on memory, applied on every write."""
+
+    audio_segments: int = 5_000
+    """Segments carry raw PCM (about 32 KB per second of speech)."""
+    frames: int = 5_000
+    """Frames carry JPEGs (about 50 KB each at 640x480)."""
+    transcripts: int = 100_000
+    """Text only."""
+    faces: int = 100_000
+    """A 2 KB embedding plus a small thumbnail each."""
+    recalls: int = 10_000
+    """Cards shown on the overlay."""
+    encounters: int = 100_000
+    """The conversation history the trainer reads."""
+    dlq: int = 10_000
+    """Dead letters wait here for an operator."""
+
+
+class Groups:
+    """Consumer-group names, one per stage."""
+
+    TRANSCRIBER = "transcriber"
+    FACE = "face"
+    MEMORY = "memory"
+    OVERLAY = "overlay"
+    TRAINER = "trainer"
+
+
+def done_key(group: str, message_key: str) -> str:
+    """Marks that ``group`` has written the outputs for one message (the idempotency record)."""
+    return f"{KEY_PREFIX}:done:{group}:{message_key}"
+
+
+def heartbeat_key(group: str, consumer: str) -> str:
+    """Refreshed with a TTL by each live consumer; read by ``--check``."""
+    return f"{KEY_PREFIX}:heartbeat:{group}:{consumer}"

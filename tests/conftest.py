@@ -1,0 +1,42 @@
+"""Fixtures shared by every test: a private redis-server on a free port (never :6379)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.redis_server import RedisServer
+from shared.settings import ConsumerSettings, ServiceSettings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client on the private server, flushed before each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> ServiceSettings:
+    """Settings with fast retry timings, so reclaim and DLQ paths run in test time."""
+    return ServiceSettings(
+        redis_url=redis_server.url,
+        consumer=ConsumerSettings(claim_idle_ms=300, claim_every_s=0.1, block_ms=100, max_deliveries=3),
+        consumer_name="test-consumer",
+    )
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    path = Path(__file__).parent / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path
