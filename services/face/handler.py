@@ -82,7 +82,8 @@ class FaceHandler:
             assert isinstance(faces, list)
             faces.append(
                 FaceMessage(
-                    face_id=f"{msg.frame_id}:{len(faces)}", frame_id=msg.frame_id, session=msg.session, t=msg.t,
+                    face_id=f"{msg.frame_id}:{len(faces)}", frame_id=msg.frame_id,
+                    session=msg.session, t=msg.t,
                     bbox=[round(float(v), 1) for v in box[:4]], det_score=round(float(box[4]), 4),
                     landmarks=[[round(float(x), 1), round(float(y), 1)] for x, y in kps],
                     embedding=embedding_to_bytes(emb), thumb=thumbnail(image, box, self.settings.thumb_px),

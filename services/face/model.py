@@ -101,7 +101,7 @@ class FaceDetectorModel:
         self.pack.load()
 
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(boxes, landmarks)``: ``boxes`` is N×5 (x1, y1, x2, y2, score), ``landmarks`` N×5×2."""
+        """Return ``(boxes, landmarks)``: ``boxes`` is Nx5 (x1, y1, x2, y2, score), ``landmarks`` Nx5x2."""
         self.load()
         return self._predict(image)
 
@@ -122,7 +122,7 @@ class FaceEmbedderModel:
         self.pack.load()
 
     def predict(self, faces: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """``faces`` holds ``(bgr_image, landmarks5)`` pairs; returns N×512 float32 unit vectors."""
+        """``faces`` holds ``(bgr_image, landmarks5)`` pairs; returns Nx512 float32 unit vectors."""
         self.load()
         return self._predict(faces)
 
