@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.schemas import BadMessageError, StreamMessage, now
+from shared.schemas import BadMessageError, StreamMessage, dead_letter, now
 from shared.settings import ServiceSettings
 from shared.streams import done_key, heartbeat_key
 
@@ -42,6 +42,28 @@ LATENCY = Histogram(
 LAG = Gauge("convo_lag_entries", "Entries in the stream not yet delivered to the group", ["stage", "stream"])
 
 Outputs = Sequence[StreamMessage]
+
+# ARGV: ttl, n; then per message: done_key, n_outputs; per output: stream, maxlen, n_fields,
+# then the field names and values. Returns 1 per message whose outputs it wrote, 0 per duplicate.
+COMMIT_SCRIPT = """
+local pos, written = 3, {}
+for m = 1, tonumber(ARGV[2]) do
+  local fresh = redis.call('SET', ARGV[pos], '1', 'NX', 'EX', ARGV[1])
+  local n_out = tonumber(ARGV[pos + 1])
+  pos = pos + 2
+  for o = 1, n_out do
+    local n = tonumber(ARGV[pos + 2])
+    if fresh then
+      local cmd = {'XADD', ARGV[pos], 'MAXLEN', '~', ARGV[pos + 1], '*'}
+      for f = pos + 3, pos + 2 + 2 * n do cmd[#cmd + 1] = ARGV[f] end
+      redis.call(unpack(cmd))
+    end
+    pos = pos + 3 + 2 * n
+  end
+  written[m] = fresh and 1 or 0
+end
+return written
+"""
 
 
 class Handler(Protocol):
@@ -112,6 +134,7 @@ class Consumer:
         }
         self._last_claim = 0.0
         self._last_beat = 0.0
+        self._commit_script = client.register_script(COMMIT_SCRIPT)
 
     def stream_of(self, model: type[StreamMessage]) -> str:
         """The configured stream name of a message type."""
@@ -278,16 +301,19 @@ class Consumer:
             entry.deliveries = self.cfg.max_deliveries  # retrying cannot fix a malformed entry
 
     def _skip_done(self, batch: list[_Entry]) -> None:
-        parsed = [e for e in batch if e.msg is not None]
-        if not parsed:
+        """Skip the handler for redelivered messages whose outputs were already written.
+
+        Only redeliveries are looked up: for a first delivery the commit script finds any
+        duplicate anyway, and the lookup would cost a round trip per batch.
+        """
+        redelivered = [e for e in batch if e.msg is not None and e.deliveries > 1]
+        if not redelivered:
             return
-        keys = [done_key(self.group, e.msg.key) for e in parsed]  # type: ignore[union-attr]
-        seen: set[str] = set()
-        for entry, key, mark in zip(parsed, keys, self.redis.mget(keys), strict=True):
-            if mark is not None or key in seen:  # done earlier, or twice in this batch
+        keys = [done_key(self.group, e.msg.key) for e in redelivered]  # type: ignore[union-attr]
+        for entry, mark in zip(redelivered, self.redis.mget(keys), strict=True):
+            if mark is not None:
                 entry.outputs = ()
                 entry.duplicate = True
-            seen.add(key)
 
     def _handle(self, handler: Handler, todo: list[_Entry]) -> None:
         batch_fn: Callable[[Sequence[Any]], list[Outputs | Exception]] | None = getattr(
@@ -336,69 +362,48 @@ class Consumer:
     # -- writing ---------------------------------------------------------------------
 
     def _commit(self, batch: list[_Entry]) -> None:
-        """Write outputs, done records, dead letters and acks in one transaction.
+        """Write outputs, done records, dead letters and acks in one MULTI (one round trip).
 
-        The done keys are WATCHed: if a concurrent replica committed the same message
-        first, EXEC fails and the retry only acks.
+        The commit script sets each message's done key with NX and writes its outputs
+        only if it was not set before, so a message committed by two replicas (or twice in
+        one batch) has its outputs written once.
         """
-        while True:
-            try:
-                self._commit_once(batch)
-                return
-            except redis.WatchError:
-                log.info("group %s: a concurrent replica committed first; re-checking", self.group)
-
-    def _commit_once(self, batch: list[_Entry]) -> None:
         finished = [e for e in batch if e.outputs is not None]
         dead = [e for e in batch if e.outputs is None and e.error and e.deliveries >= self.cfg.max_deliveries]
-        keys = [done_key(self.group, e.msg.key) for e in finished if e.msg is not None]
+        fresh = [e for e in finished if not e.duplicate]
         with self.redis.pipeline(transaction=True) as pipe:
-            if keys:
-                pipe.watch(*keys)
-                already = {k for k, mark in zip(keys, pipe.mget(keys), strict=True) if mark is not None}
-            else:
-                already = set()
-            pipe.multi()
-            for entry in finished:
-                key = done_key(self.group, entry.msg.key)  # type: ignore[union-attr]
-                if entry.duplicate or key in already:
-                    entry.duplicate = True
-                    continue
-                for out in entry.outputs or ():
-                    pipe.xadd(
-                        getattr(self.settings.streams, out.STREAM),
-                        out.to_fields(),
-                        maxlen=self.cap_of(out.STREAM),
-                        approximate=True,
-                    )
-                pipe.set(key, "1", ex=self.cfg.dedupe_ttl_s)
+            if fresh:
+                self._commit_script(args=self._script_args(fresh), client=pipe)
             for entry in dead:
                 pipe.xadd(
-                    self.settings.streams.dlq,
-                    self._dead_letter(entry),
-                    maxlen=self.settings.caps.dlq,
-                    approximate=True,
-                )
+                    self.settings.streams.dlq, self._dead_letter(entry),
+                    maxlen=self.settings.caps.dlq, approximate=True,
+                )  # fmt: skip
             for stream in {e.stream for e in finished + dead}:
-                ids = [e.entry_id for e in finished + dead if e.stream == stream]
-                pipe.xack(stream, self.group, *ids)
-            pipe.execute()
+                pipe.xack(stream, self.group, *[e.entry_id for e in finished + dead if e.stream == stream])
+            replies = pipe.execute()
+        if fresh:
+            for entry, written in zip(fresh, replies[0], strict=True):
+                entry.duplicate = not written
         self._account(finished, dead)
 
+    def _script_args(self, entries: list[_Entry]) -> list[bytes | str | int]:
+        args: list[bytes | str | int] = [self.cfg.dedupe_ttl_s, len(entries)]
+        for entry in entries:
+            outputs = entry.outputs or ()
+            args += [done_key(self.group, entry.msg.key), len(outputs)]  # type: ignore[union-attr]
+            for out in outputs:
+                fields = out.to_fields()
+                args += [getattr(self.settings.streams, out.STREAM), self.cap_of(out.STREAM), len(fields)]
+                for name, value in fields.items():
+                    args += [name, value]
+        return args
+
     def _dead_letter(self, entry: _Entry) -> dict[str, bytes | str]:
-        letter: dict[str, bytes | str] = {
-            "v": "1",
-            "stream": entry.stream,
-            "id": entry.entry_id.decode(),
-            "group": self.group,
-            "consumer": self.name,
-            "deliveries": str(entry.deliveries),
-            "error": (entry.error or "")[:2000],
-            "t": repr(now()),
-        }
-        # The original fields, prefixed so that no field name of theirs can shadow ours.
-        letter.update({"f." + k.decode("utf-8", "replace"): v for k, v in entry.fields.items()})
-        return letter
+        return dead_letter(
+            entry.stream, entry.entry_id.decode(), entry.error or "", entry.fields,
+            group=self.group, consumer=self.name, deliveries=str(entry.deliveries),
+        )  # fmt: skip
 
     def _account(self, finished: list[_Entry], dead: list[_Entry]) -> None:
         for entry in finished:

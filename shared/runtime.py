@@ -51,8 +51,9 @@ def serve(
     group: str,
     handlers: Callable[[], Mapping[type[StreamMessage], Handler]],
     check_only: bool = False,
+    burst: bool = False,
 ) -> int:
-    """Run one service: build its handlers (models load here), then consume until SIGTERM."""
+    """Run one service: build its handlers (models load here), then consume until SIGTERM (or drained, with ``burst``)."""
     configure_logging(settings.log_level)
     if check_only:
         return check(settings, group)
@@ -60,5 +61,5 @@ def serve(
         start_http_server(settings.metrics_port)
     consumer = Consumer(connect(settings), settings, group, handlers())
     log.info("%s consumer %s on %s", group, settings.consumer_name, settings.redis_url)
-    consumer.run()
+    consumer.run(burst=burst)
     return 0

@@ -48,6 +48,22 @@ class StreamMessage(BaseModel):
 
     v: int = 1
 
+    @classmethod
+    def _kinds(cls) -> dict[str, str]:
+        """Each field's encoding: ``bytes`` (raw), ``json`` (lists, dicts) or ``text``."""
+        kinds = cls.__dict__.get("_field_kinds")
+        if kinds is None:
+            kinds = {
+                name: "bytes"
+                if _is_bytes(info.annotation)
+                else "json"
+                if _is_json(info.annotation)
+                else "text"
+                for name, info in cls.model_fields.items()
+            }
+            type.__setattr__(cls, "_field_kinds", kinds)
+        return kinds
+
     @property
     def key(self) -> str:
         """The stable id that makes a redelivered entry recognisable."""
@@ -56,11 +72,11 @@ class StreamMessage(BaseModel):
     def to_fields(self) -> dict[str, bytes | str]:
         """Flatten to Redis fields."""
         fields: dict[str, bytes | str] = {}
-        for name, info in type(self).model_fields.items():
+        for name, kind in self._kinds().items():
             value = getattr(self, name)
-            if _is_bytes(info.annotation):
+            if kind == "bytes":
                 fields[name] = value
-            elif _is_json(info.annotation):
+            elif kind == "json":
                 fields[name] = json.dumps(value, separators=(",", ":"))
             else:
                 fields[name] = repr(value) if isinstance(value, float) else str(value)
@@ -78,6 +94,7 @@ class StreamMessage(BaseModel):
                 f"{cls.__name__}: unknown schema version v={version[:20]!r}, "
                 f"this reader knows v={cls.VERSION}"
             )
+        kinds = cls._kinds()
         data: dict[str, Any] = {}
         for name, value in raw.items():
             if len(value) > max_field_bytes:
@@ -85,13 +102,13 @@ class StreamMessage(BaseModel):
                     f"{cls.__name__}: field {name!r} is {len(value)} bytes, "
                     f"over the limit of {max_field_bytes}"
                 )
-            info = cls.model_fields.get(name)
-            if info is None or _is_bytes(info.annotation):
-                data[name] = value  # unknown names are rejected by extra="forbid" below
+            kind = kinds.get(name, "bytes")  # unknown names are rejected by extra="forbid" below
+            if kind == "bytes":
+                data[name] = value
                 continue
             try:
                 text = value.decode("utf-8")
-                data[name] = json.loads(text) if _is_json(info.annotation) else text
+                data[name] = json.loads(text) if kind == "json" else text
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise BadMessageError(f"{cls.__name__}: field {name!r} is unreadable: {exc}") from exc
         try:
@@ -231,3 +248,16 @@ def embedding_from_bytes(data: bytes, dim: int = EMBEDDING_DIM) -> np.ndarray:
     if not 0.99 < norm < 1.01:
         raise BadMessageError(f"embedding is not normed (norm {norm:.3f})")
     return vector
+
+
+def dead_letter(
+    stream: str, entry_id: str, error: str, fields: dict[bytes, bytes] | dict[str, bytes | str], **meta: str
+) -> dict[str, bytes | str]:
+    """A ``dlq`` entry: where it came from, why it failed, and the original fields under ``f.``."""
+    letter: dict[str, bytes | str] = {
+        "v": "1", "stream": stream, "id": entry_id, "error": error[:2000], "t": repr(now()), **meta
+    }  # fmt: skip
+    for key, value in fields.items():
+        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        letter["f." + name] = value  # prefixed so that no field of theirs can shadow ours
+    return letter

@@ -13,7 +13,7 @@ def main(
     check: bool = typer.Option(False, "--check", help="Exit 0 if a live consumer runs on this host."),
 ) -> None:
     settings = FaceSettings()
-    code = serve(settings, Groups.FACE, lambda: {FrameMessage: FaceHandler(settings.face).load()}, check)
+    code = serve(settings, Groups.FACE, lambda: {FrameMessage: FaceHandler(settings.face).load()}, check, burst)
     raise typer.Exit(code)
 
 

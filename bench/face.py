@@ -1,0 +1,69 @@
+"""Frames through the face stage (stream, shared loop, handler) against raw FaceAnalysis.get.
+
+Both see the same JPEG frames of real photos (1 and 6 faces) in the same run; the raw
+side decodes each JPEG and calls ``FaceAnalysis.get`` on it, the pipeline reads the
+frames from Redis, batches them and publishes every face with its thumbnail.
+"""
+
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import bench_settings, private_redis, report
+from services.face.handler import FaceHandler
+from services.face.model import FacePackModel
+from services.face.settings import FaceModelSettings
+from shared.consumer import Consumer
+from shared.schemas import FrameMessage
+from tests.face.conftest import frame, photo
+
+ROUNDS = 15
+
+
+def main() -> None:
+    logging.disable(logging.INFO)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    frames = [frame(photo(name), f"{name}-{i}") for i in range(ROUNDS) for name in ("astronaut", "t1")]
+    with tempfile.TemporaryDirectory() as root, private_redis() as server:
+        pack = FacePackModel(FaceModelSettings(model_root=Path(root))).load()
+        handler = FaceHandler(pack.settings, pack)
+        handler(frames[0])  # warm both paths on the same sessions
+        start = time.perf_counter()
+        raw_faces = 0
+        for f in frames:
+            image = cv2.imdecode(np.frombuffer(f.image, np.uint8), cv2.IMREAD_COLOR)
+            raw_faces += len(pack.app.get(image))  # type: ignore[union-attr]
+        raw_s = time.perf_counter() - start
+
+        r = redis.Redis.from_url(server.url)
+        for f in frames:
+            r.xadd("frames", f.to_fields())
+        start = time.perf_counter()
+        stats = Consumer(r, bench_settings(server, batch_size=4), "face", {FrameMessage: handler}).run(
+            burst=True
+        )
+        loop_s = time.perf_counter() - start
+        assert stats.processed == len(frames) and r.xlen("faces") == raw_faces, (stats, raw_faces)
+    n = len(frames)
+    print(
+        f"{n} frames, {raw_faces} faces: raw {raw_s / n * 1000:.1f} ms/frame, pipeline {loop_s / n * 1000:.1f} ms/frame"
+    )
+    report(
+        "face",
+        ratio_pipeline_vs_raw=raw_s / loop_s,
+        ms_per_frame=loop_s / n * 1000,
+        raw_ms_per_frame=raw_s / n * 1000,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Chunks of audio and raw frames in; speech segments and the frames taken during speech out."""
+
+import io
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from prometheus_client import Counter
+
+from services.capture.model import Segment, Segmenter, SileroVadModel
+from services.capture.settings import SAMPLE_RATE, CaptureSettings, FrameSettings
+from shared.schemas import AudioSegmentMessage, BadMessageError, FrameMessage, StreamMessage
+
+log = logging.getLogger(__name__)
+
+FRAMES_DROPPED = Counter("convo_capture_frames_dropped_total", "Frames not forwarded", ["reason"])
+SEGMENTS = Counter("convo_capture_segments_total", "Speech segments published")
+
+
+class ImageTooLargeError(BadMessageError):
+    """A frame over the pixel limit (HTTP 413 rather than 415)."""
+
+
+def jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Width and height from a JPEG's header; :class:`BadMessageError` if it is not a usable JPEG."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, size = img.format, img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image refused as a decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadMessageError(f"not an image: {exc}") from None
+    if fmt != "JPEG":
+        raise BadMessageError(f"image is {fmt}, not JPEG")
+    if size[0] * size[1] > max_pixels:
+        raise ImageTooLargeError(
+            f"image header claims {size[0]}x{size[1]} pixels, over the limit of {max_pixels}"
+        )
+    return size
+
+
+@dataclass
+class FrameGate:
+    """Which frames go on: those taken during speech (give or take ``margin_s``), at most
+    ``max_fps`` of them, and one at once when speech starts."""
+
+    settings: FrameSettings
+    speaking: bool = False
+    last_speech_end: float | None = None
+    last_sent: float = float("-inf")
+    edge: bool = False
+    latest: tuple[float, bytes, str] | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def speech_started(self, t: float) -> tuple[float, bytes, str] | None:
+        """Speech began at ``t``: returns the frame held from just before, if recent enough."""
+        self.speaking, self.edge = True, True
+        held, self.latest = self.latest, None
+        if held is not None and t - held[0] <= self.settings.margin_s:
+            self.edge, self.last_sent = False, held[0]
+            return held
+        return None
+
+    def speech_ended(self, t: float) -> None:
+        self.speaking, self.last_speech_end = False, t
+
+    def admit(self, t: float, jpeg: bytes, ref: str) -> bool:
+        during = self.speaking or (
+            self.last_speech_end is not None and t <= self.last_speech_end + self.settings.margin_s
+        )
+        if not during:
+            self.latest = (t, jpeg, ref)
+            return self._drop("silence")
+        if self.edge or t - self.last_sent >= 1.0 / self.settings.max_fps:
+            self.edge, self.last_sent = False, t
+            return True
+        return self._drop("rate")
+
+    def _drop(self, reason: str) -> bool:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        FRAMES_DROPPED.labels(reason).inc()
+        return False
+
+
+class CaptureHandler:
+    """Turns one session's audio chunks and frames into stream messages.
+
+    Times are wall-clock: ``t0`` is when the source's first sample was taken, and a
+    sample's time is ``t0 + index / 16000``. Audio and frames may arrive from two threads.
+    """
+
+    def __init__(
+        self, settings: CaptureSettings, session: str, t0: float, vad: SileroVadModel | None = None
+    ) -> None:
+        self.settings = settings
+        self.session = session
+        self.t0 = t0
+        self.segmenter = Segmenter(settings.vad, (vad or SileroVadModel()).load())
+        self.segmenter.vad.reset()
+        self.gate = FrameGate(settings.frames)
+        self.n_segments = 0
+        self.n_frames = 0
+        self._lock = threading.Lock()
+
+    def audio(self, chunk: np.ndarray) -> list[StreamMessage]:
+        with self._lock:
+            was_speaking = self.segmenter.speaking
+            out: list[StreamMessage] = [self._segment(s) for s in self.segmenter.feed(chunk)]
+            if self.segmenter.speaking and not was_speaking:
+                start = self.segmenter.speech_start or 0
+                held = self.gate.speech_started(self.t0 + start / SAMPLE_RATE)
+                if held is not None:
+                    out.append(self._frame(*held))
+            elif was_speaking and not self.segmenter.speaking:
+                self.gate.speech_ended(self.t0 + self.segmenter.pos / SAMPLE_RATE)
+            return out
+
+    def flush(self) -> list[StreamMessage]:
+        with self._lock:
+            return [self._segment(s) for s in self.segmenter.flush()]
+
+    def now(self) -> float:
+        """Wall-clock time of the audio heard so far."""
+        return self.t0 + self.segmenter.pos / SAMPLE_RATE
+
+    def frame(self, t: float, jpeg: bytes, ref: str = "") -> list[FrameMessage]:
+        """A frame taken at wall-clock ``t``; forwarded only if the gate lets it through."""
+        jpeg_size(jpeg, self.settings.frames.max_pixels)
+        with self._lock:
+            return [self._frame(t, jpeg, ref)] if self.gate.admit(t, jpeg, ref) else []
+
+    def _segment(self, seg: Segment) -> AudioSegmentMessage:
+        self.n_segments += 1
+        SEGMENTS.inc()
+        pcm = (np.clip(seg.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        return AudioSegmentMessage(
+            segment_id=f"{self.session}-a{self.n_segments:06d}", session=self.session,
+            t_start=round(self.t0 + seg.start / SAMPLE_RATE, 3), t_end=round(self.t0 + seg.end / SAMPLE_RATE, 3),
+            sample_rate=SAMPLE_RATE, audio=pcm,
+        )  # fmt: skip
+
+    def _frame(self, t: float, jpeg: bytes, ref: str) -> FrameMessage:
+        self.n_frames += 1
+        width, height = jpeg_size(jpeg, self.settings.frames.max_pixels)
+        log.debug("frame %s from %s forwarded", self.n_frames, ref)
+        return FrameMessage(
+            frame_id=f"{self.session}-f{self.n_frames:06d}", session=self.session, t=round(t, 3),
+            width=width, height=height, image=jpeg,
+        )  # fmt: skip

@@ -1,0 +1,155 @@
+"""Runs capture: replays files to their end, or listens to the mic/stdin until stopped."""
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from services.capture.handler import CaptureHandler
+from services.capture.model import SileroVadModel
+from services.capture.settings import CHUNK, SAMPLE_RATE, CaptureSettings
+from services.capture.sources import (
+    RawFrame,
+    SourceError,
+    audio_files,
+    chunked,
+    image_dir_frames,
+    mic_chunks,
+    read_audio_file,
+    stdin_chunks,
+    video_frames,
+)
+from shared.publisher import Publisher
+from shared.schemas import BadMessageError, StreamMessage
+
+log = logging.getLogger(__name__)
+
+
+class CaptureRunner:
+    """One capture session: sources in, messages published."""
+
+    def __init__(
+        self, settings: CaptureSettings, publisher: Publisher, vad: SileroVadModel | None = None
+    ) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.stop = publisher.stop
+        self.session = settings.session or datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.handler = CaptureHandler(settings, self.session, time.time(), vad)
+
+    def publish(self, messages: list[StreamMessage]) -> None:
+        for msg in messages:
+            self.publisher.publish(msg)
+
+    def submit_frame(self, t: float, jpeg: bytes) -> list:  # type: ignore[type-arg]
+        sent = self.handler.frame(t, jpeg, "http")
+        self.publish(sent)  # type: ignore[arg-type]
+        return sent
+
+    # -- replay ----------------------------------------------------------------------
+
+    def replay(self, source: Path) -> None:
+        """Play every file of ``source`` as one timeline, frames interleaved by their time."""
+        frames = self._replay_frames()
+        pending = next(frames, None)
+        offset = 0  # samples played so far, over all files
+        for path in audio_files(source):
+            try:
+                audio = read_audio_file(path)
+            except SourceError as exc:
+                self.publisher.dead_letter("capture", str(path), str(exc), session=self.session)
+                continue
+            log.info("replaying %s (%.1f s)", path.name, len(audio) / SAMPLE_RATE)
+            for chunk in chunked(audio):
+                if self.stop.is_set():
+                    return
+                t = offset / SAMPLE_RATE
+                while pending is not None and pending.t_offset <= t:
+                    self._replay_frame(pending)
+                    pending = next(frames, None)
+                if self.settings.audio.realtime:
+                    self.stop.wait(max(self.handler.t0 + t - time.time(), 0))
+                self.publish(self.handler.audio(chunk))
+                offset += CHUNK
+        self.publish(self.handler.flush())
+
+    def _replay_frames(self) -> Iterator[RawFrame]:
+        source = self.settings.frames.source
+        if source is None or source == "http":
+            return iter(())
+        if Path(source).is_dir():
+            return image_dir_frames(Path(source), self.settings.frames.replay_fps)
+        return video_frames(source, self.settings.audio.realtime)
+
+    def _replay_frame(self, frame: RawFrame) -> None:
+        try:
+            self.publish(self.handler.frame(self.handler.t0 + frame.t_offset, frame.jpeg, frame.ref))  # type: ignore[arg-type]
+        except BadMessageError as exc:
+            self.publisher.dead_letter("capture", frame.ref, str(exc), session=self.session)
+
+    # -- live ------------------------------------------------------------------------
+
+    def listen(self, chunks: Iterator[np.ndarray]) -> None:
+        """Feed live chunks until the source ends or stop is set; frames come from other threads."""
+        self.handler.t0 = time.time()
+        for chunk in chunks:
+            if self.stop.is_set():
+                break
+            self.publish(self.handler.audio(chunk))
+        self.publish(self.handler.flush())
+
+    def camera(self, source: str) -> None:
+        """Read a camera continuously, stamping frames with this machine's clock."""
+        for frame in video_frames(source, realtime=True):
+            if self.stop.is_set():
+                return
+            self.publish(self.handler.frame(time.time(), frame.jpeg, frame.ref))  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        """Start the configured sources and return when the audio source ends or on stop."""
+        audio, frames = self.settings.audio.source, self.settings.frames.source
+        threads = []
+        if frames == "http":
+            threads.append(threading.Thread(target=self._serve_ingest, daemon=True))
+        elif frames and frames.startswith("camera:"):
+            threads.append(threading.Thread(target=self.camera, args=(frames,), daemon=True))
+        for thread in threads:
+            thread.start()
+        try:
+            if audio == "mic":
+                self.listen(mic_chunks(self.settings.audio))
+            elif audio == "-":
+                self.listen(stdin_chunks())
+            elif audio == "none":
+                self.stop.wait()
+            else:
+                self.replay(Path(audio))
+        except SourceError as exc:
+            self.publisher.dead_letter("capture", audio, str(exc), session=self.session)
+            if threads:
+                log.error("no audio (%s); frames are still taken from %s", exc, frames)
+                self.stop.wait()
+            else:
+                raise
+        log.info(
+            "capture session %s: %d segments, %d frames, frames dropped %s",
+            self.session, self.handler.n_segments, self.handler.n_frames, self.handler.gate.dropped,
+        )  # fmt: skip
+
+    def _serve_ingest(self) -> None:
+        import uvicorn
+
+        from services.capture.ingest import build_ingest_app
+
+        app = build_ingest_app(self.submit_frame, self.settings.frames)
+        config = uvicorn.Config(app, host=self.settings.frames.http_host, port=self.settings.frames.http_port)
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the main thread owns signals
+        threading.Thread(
+            target=lambda: (self.stop.wait(), setattr(server, "should_exit", True)), daemon=True
+        ).start()
+        server.run()

@@ -1,0 +1,74 @@
+"""Settings of the capture service (``CONVO_AUDIO__*``, ``CONVO_VAD__*``, ``CONVO_FRAMES__*``)."""
+
+from pydantic import BaseModel, Field
+
+from shared.settings import ServiceSettings
+
+SAMPLE_RATE = 16_000
+CHUNK = 512  # Silero VAD's window at 16 kHz: 32 ms
+
+
+class AudioSettings(BaseModel):
+    """Where speech comes from."""
+
+    source: str = "mic"
+    """``mic`` (pyaudio), ``-`` (raw s16le 16 kHz mono PCM on stdin), an audio file (WAV/FLAC/MP3/...)
+    or a directory of them (played in name order)."""
+    realtime: bool = False
+    """Replay files at real-time speed; otherwise as fast as the VAD runs."""
+    mic_device: int | None = None
+    """pyaudio input device index; ``None`` is the system default. ``python -m services.capture --devices`` lists them."""
+    mic_rate: int = 16_000
+    """Rate the mic is opened at; resampled to 16 kHz when it differs."""
+
+
+class VadSettings(BaseModel):
+    """Silero VAD and how its decisions become segments."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    """Speech probability that starts speech."""
+    neg_threshold_gap: float = Field(0.15, ge=0, lt=1)
+    """Speech continues until the probability drops below ``threshold - gap`` (hysteresis)."""
+    min_speech_ms: int = Field(250, ge=0)
+    """Shorter bursts are not segments (clicks, coughs)."""
+    min_silence_ms: int = Field(500, ge=32)
+    """A pause at least this long ends a segment."""
+    speech_pad_ms: int = Field(200, ge=0)
+    """Audio kept before the start and after the end of speech."""
+    max_segment_s: float = Field(20.0, ge=1, le=30)
+    """Speech longer than this is cut (Whisper's window is 30 s)."""
+    overlap_s: float = Field(0.5, ge=0, le=5)
+    """A cut segment's successor starts this much before the cut, so no word is lost at the seam."""
+
+
+class FrameSettings(BaseModel):
+    """Where frames come from and which of them are forwarded."""
+
+    source: str | None = None
+    """``http`` (the ingest endpoint), ``camera:N`` (OpenCV device N), an image directory or a
+    video file; ``None`` captures no frames."""
+    max_fps: float = Field(2.0, gt=0)
+    """At most this many frames per second go to ``frames``."""
+    margin_s: float = Field(1.0, ge=0)
+    """Frames this long before speech starts or after it ends still count as during speech;
+    it also absorbs the skew between the glasses' clock and this machine's."""
+    replay_fps: float = Field(2.0, gt=0)
+    """Capture rate assumed for an image directory (one image every 1/fps seconds)."""
+    http_host: str = "127.0.0.1"
+    """Ingest endpoint bind address."""
+    http_port: int = 8077
+    """Ingest endpoint port."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Larger uploads get 413."""
+    max_pixels: int = Field(40_000_000, ge=1)
+    """Frames whose JPEG header claims more pixels get 413."""
+
+
+class CaptureSettings(ServiceSettings):
+    """Settings of ``python -m services.capture``."""
+
+    session: str | None = None
+    """Session id stamped on every entry; by default one per start (``YYYYmmdd-HHMMSS``)."""
+    audio: AudioSettings = AudioSettings()
+    vad: VadSettings = VadSettings()
+    frames: FrameSettings = FrameSettings()

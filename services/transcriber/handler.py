@@ -1,0 +1,96 @@
+"""Speech segments in, transcripts out."""
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import Counter
+
+from services.transcriber.model import Transcription, WhisperSpeechModel
+from services.transcriber.settings import WhisperSettings
+from shared.schemas import AudioSegmentMessage, BadMessageError, TranscriptMessage
+
+log = logging.getLogger(__name__)
+
+DROPPED = Counter("convo_transcriber_dropped_total", "Segments that gave no transcript", ["reason"])
+
+
+def pcm_to_float(msg: AudioSegmentMessage, settings: WhisperSettings) -> np.ndarray:
+    """Check a segment against the contract and return its samples as float32 in [-1, 1]."""
+    if msg.sample_rate != settings.sample_rate:
+        raise BadMessageError(
+            f"segment {msg.segment_id}: sample rate {msg.sample_rate} Hz, expected {settings.sample_rate} Hz"
+        )
+    if not msg.audio:
+        raise BadMessageError(f"segment {msg.segment_id}: audio is empty")
+    if len(msg.audio) % 2:
+        raise BadMessageError(f"segment {msg.segment_id}: {len(msg.audio)} bytes is not whole s16le samples")
+    seconds = len(msg.audio) / 2 / msg.sample_rate
+    if seconds > settings.max_segment_s:
+        raise BadMessageError(
+            f"segment {msg.segment_id}: {seconds:.1f} s, over the {settings.max_segment_s} s limit"
+        )
+    if msg.t_end < msg.t_start:
+        raise BadMessageError(f"segment {msg.segment_id}: t_end {msg.t_end} is before t_start {msg.t_start}")
+    return np.frombuffer(msg.audio, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def dbfs(audio: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(audio)))) if len(audio) else 0.0
+    return 20 * np.log10(max(rms, 1e-10))
+
+
+class TranscriberHandler:
+    """Transcribes segments; waiting segments go through one batched call on a GPU."""
+
+    def __init__(self, settings: WhisperSettings, model: WhisperSpeechModel | None = None) -> None:
+        self.settings = settings
+        self.model = model or WhisperSpeechModel(settings)
+        self.dropped: dict[str, int] = {}
+
+    def load(self) -> "TranscriberHandler":
+        self.model.load()
+        return self
+
+    def __call__(self, msg: AudioSegmentMessage) -> list[TranscriptMessage]:
+        [result] = self.handle_batch([msg])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def handle_batch(self, msgs: Sequence[AudioSegmentMessage]) -> list[list[TranscriptMessage] | Exception]:
+        results: list[list[TranscriptMessage] | Exception] = []
+        good: list[tuple[int, AudioSegmentMessage, np.ndarray]] = []
+        for i, msg in enumerate(msgs):
+            try:
+                good.append((i, msg, pcm_to_float(msg, self.settings)))
+                results.append([])
+            except BadMessageError as exc:
+                results.append(exc)
+        texts = self.model.predict_batch([audio for _, _, audio in good])
+        for (i, msg, audio), text in zip(good, texts, strict=True):
+            results[i] = self._publishable(msg, audio, text)
+        return results
+
+    def _publishable(
+        self, msg: AudioSegmentMessage, audio: np.ndarray, out: Transcription
+    ) -> list[TranscriptMessage]:
+        reason = None
+        if not out.text:
+            reason = "empty"
+        elif (
+            dbfs(audio) < self.settings.silence_dbfs
+            and out.text.lower().strip() in self.settings.hallucinations
+        ):
+            reason = "hallucination"
+        if reason:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            DROPPED.labels(reason).inc()
+            log.info("segment=%s dropped=%s level=%.0fdBFS", msg.segment_id, reason, dbfs(audio))
+            return []
+        return [
+            TranscriptMessage(
+                segment_id=msg.segment_id, session=msg.session, t_start=msg.t_start, t_end=msg.t_end,
+                text=out.text, language=out.language, confidence=round(out.confidence, 4), model=self.model.name,
+            )
+        ]  # fmt: skip

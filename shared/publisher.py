@@ -1,0 +1,61 @@
+"""Writing to streams from a producer (capture), with the same caps and dead letters as the loop."""
+
+import logging
+import threading
+
+import redis
+
+from shared.schemas import StreamMessage, dead_letter, now
+from shared.settings import ServiceSettings
+from shared.streams import heartbeat_key
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """XADDs messages to their configured stream; waits out a Redis outage instead of dropping."""
+
+    def __init__(
+        self, client: redis.Redis, settings: ServiceSettings, stop: threading.Event | None = None
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.stop = stop or threading.Event()
+
+    def publish(self, msg: StreamMessage) -> str | None:
+        """Append ``msg``; retries with backoff while Redis is away. ``None`` only if stopped meanwhile."""
+        stream = getattr(self.settings.streams, msg.STREAM)
+        cap = getattr(self.settings.caps, msg.STREAM)
+        return self._xadd(stream, msg.to_fields(), cap)
+
+    def dead_letter(self, source: str, ref: str, error: str, **fields: str) -> None:
+        """Record input that could not be turned into messages (an unreadable file, say)."""
+        log.error("source=%s ref=%s outcome=dlq error=%s", source, ref, error)
+        self._xadd(self.settings.streams.dlq, dead_letter(source, ref, error, fields), self.settings.caps.dlq)
+
+    def heartbeat(self, group: str, name: str) -> None:
+        """Keep ``group``'s heartbeat key for this process fresh from a daemon thread (for ``--check``)."""
+        ttl = self.settings.consumer.heartbeat_ttl_s
+
+        def beat() -> None:
+            while not self.stop.is_set():
+                try:
+                    self.redis.set(heartbeat_key(group, name), repr(now()), ex=ttl)
+                except redis.RedisError as exc:
+                    log.warning("heartbeat failed: %s", exc)
+                self.stop.wait(ttl / 3)
+
+        threading.Thread(target=beat, daemon=True, name="heartbeat").start()
+
+    def _xadd(self, stream: str, fields: dict, cap: int) -> str | None:
+        backoff = 0.1
+        while True:
+            try:
+                return self.redis.xadd(stream, fields, maxlen=cap, approximate=True).decode()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning(
+                    "redis unavailable (%s); holding the entry for %s, retry in %.1fs", exc, stream, backoff
+                )
+                if self.stop.wait(backoff):
+                    return None
+                backoff = min(backoff * 2, self.settings.consumer.backoff_max_s)

@@ -1,0 +1,151 @@
+"""Capture on real speech (espeak-ng) with the real Silero VAD, publishing to a real redis-server."""
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from services.capture.ingest import build_ingest_app
+from services.capture.model import SileroVadModel
+from services.capture.runner import CaptureRunner
+from services.capture.settings import CaptureSettings, FrameSettings, VadSettings
+from shared.publisher import Publisher
+from shared.schemas import AudioSegmentMessage, FrameMessage
+from tests.face.conftest import photo
+from tests.speech import RATE, SARAH, speech, voiced_span, write_wav
+
+SILENCE_2S = np.zeros(2 * RATE, np.float32)
+
+
+def replay(r: redis.Redis, settings: CaptureSettings, vad: SileroVadModel, source: Path) -> CaptureRunner:
+    runner = CaptureRunner(settings, Publisher(r, settings, threading.Event()), vad)
+    runner.replay(source)
+    return runner
+
+
+def segments(r: redis.Redis) -> list[AudioSegmentMessage]:
+    return [AudioSegmentMessage.from_fields(f) for _, f in r.xrange("audio:segments")]
+
+
+def test_one_sentence_gives_one_segment_covering_the_speech(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    audio = np.concatenate([SILENCE_2S[: RATE // 2], speech(SARAH, tmp_path), SILENCE_2S])
+    runner = replay(r, capture_settings, vad, write_wav(tmp_path / "sarah.wav", audio))
+    [seg] = segments(r)
+    start, end = voiced_span(audio)
+    assert seg.t_start - runner.handler.t0 <= start and seg.t_end - runner.handler.t0 >= end
+    assert seg.sample_rate == RATE and len(seg.audio) == 2 * round((seg.t_end - seg.t_start) * RATE)
+    assert seg.session == "test" and seg.segment_id == "test-a000001"
+
+
+def test_two_sentences_two_seconds_apart_give_two_segments(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    one, two = speech("Hello, my name is Tom.", tmp_path), speech("I work at a bakery in town.", tmp_path)
+    replay(r, capture_settings, vad, write_wav(tmp_path / "two.wav", np.concatenate([one, SILENCE_2S, two])))
+    first, second = segments(r)
+    assert first.t_end <= second.t_start
+    assert second.t_start - first.t_end > 1.0
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+def test_silence_or_noise_gives_no_segment(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path, kind: str
+) -> None:
+    audio = np.zeros(10 * RATE, np.float32)
+    if kind == "noise":
+        audio = (np.random.default_rng(1).standard_normal(10 * RATE) * 0.1).astype(np.float32)
+    runner = replay(r, capture_settings, vad, write_wav(tmp_path / f"{kind}.wav", audio))
+    assert segments(r) == [] and runner.handler.n_segments == 0
+
+
+def test_long_monologue_is_cut_at_the_max_length_with_overlap(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    text = (
+        "I have been working on payments infrastructure for a long time, and the hardest part "
+        "is always the same, the retries, the idempotency keys and the rate limits that every "
+        "partner bank sets in a different way, "
+    ) * 5
+    audio = speech(text, tmp_path)
+    assert len(audio) / RATE > 55
+    capture_settings.vad = VadSettings(max_segment_s=10, overlap_s=0.5, min_silence_ms=3000)
+    replay(r, capture_settings, vad, write_wav(tmp_path / "long.wav", audio))
+    segs = segments(r)
+    lengths = [s.t_end - s.t_start for s in segs]
+    assert len(segs) >= len(audio) / RATE / 10 - 1
+    assert max(lengths) <= 10.0 + 2e-3, lengths
+    overlaps = [a.t_end - b.t_start for a, b in zip(segs, segs[1:], strict=False)]
+    assert all(o == pytest.approx(0.5, abs=0.04) for o in overlaps[:-1]), overlaps
+
+
+def test_unreadable_and_unsupported_files_are_dead_lettered_and_replay_goes_on(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    folder = tmp_path / "day"
+    folder.mkdir()
+    (folder / "a-garbage.wav").write_bytes(b"RIFF\x00\x00garbage" * 100)
+    header = bytearray((write_wav(tmp_path / "x.wav", speech("hello", tmp_path))).read_bytes())
+    header[20:22] = (0x3039).to_bytes(2, "little")  # a WAVE format tag no decoder knows
+    (folder / "b-codec.wav").write_bytes(bytes(header))
+    write_wav(folder / "c-good.wav", np.concatenate([speech(SARAH, tmp_path), SILENCE_2S]))
+    replay(r, capture_settings, vad, folder)
+    letters = {f[b"id"].decode(): f[b"error"].decode() for _, f in r.xrange("dlq")}
+    assert set(letters) == {str(folder / "a-garbage.wav"), str(folder / "b-codec.wav")}
+    assert all("cannot decode audio" in e for e in letters.values()), letters
+    assert len(segments(r)) == 1
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def test_replayed_frames_are_forwarded_only_during_speech_and_rate_capped(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for i in range(40):  # 10 s at 4 fps
+        (frames_dir / f"{i:03d}.jpg").write_bytes(jpeg(photo("astronaut")))
+    audio = np.concatenate([SILENCE_2S, SILENCE_2S, speech(SARAH, tmp_path), SILENCE_2S, SILENCE_2S])
+    capture_settings.frames = FrameSettings(source=str(frames_dir), replay_fps=4, max_fps=1, margin_s=0.5)
+    runner = replay(r, capture_settings, vad, write_wav(tmp_path / "s.wav", audio))
+    [seg] = segments(r)
+    frames = [FrameMessage.from_fields(f) for _, f in r.xrange("frames")]
+    times = [f.t for f in frames]
+    assert frames and all(seg.t_start - 0.5 <= t <= seg.t_end + 0.5 for t in times), (seg, times)
+    assert all(b - a >= 1.0 - 1e-6 for a, b in zip(times, times[1:], strict=False)), "at most 1 fps"
+    assert times[0] <= seg.t_start + 0.25, "the speech-start edge sends a frame at once"
+    assert runner.handler.gate.dropped["silence"] > 10 and runner.handler.gate.dropped["rate"] > 0
+    assert (frames[0].width, frames[0].height) == (512, 512)
+
+
+def test_http_ingest_refuses_non_jpeg_and_oversized_bodies(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel
+) -> None:
+    runner = CaptureRunner(capture_settings, Publisher(r, capture_settings), vad)
+    settings = FrameSettings(source="http", max_body_bytes=200_000)
+    client = TestClient(build_ingest_app(runner.submit_frame, settings))
+    good = jpeg(photo("astronaut"))
+    png = cv2.imencode(".png", cv2.resize(photo("astronaut"), (64, 64)))[1].tobytes()
+    assert client.post("/frames", content=png, headers={"content-type": "image/png"}).status_code == 415
+    assert client.post("/frames", content=png, headers={"content-type": "image/jpeg"}).status_code == 415
+    assert client.post("/frames", content=b"", headers={"content-type": "image/jpeg"}).status_code == 415
+    big = client.post("/frames", content=b"\xff" * 300_000, headers={"content-type": "image/jpeg"})
+    assert big.status_code == 413
+    bomb = bytearray(good)
+    sof = bomb.index(b"\xff\xc0")
+    bomb[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") * 2
+    assert client.post("/frames", content=bytes(bomb), headers={"content-type": "image/jpeg"}).status_code == 413
+    early = runner.handler.now() - 10  # long before speech: dropped, and too old to be sent at speech start
+    quiet = client.post(f"/frames?t={early}", content=good, headers={"content-type": "image/jpeg"})
+    assert quiet.status_code == 200 and quiet.json() == {"forwarded": False, "frame_id": None}
+    runner.handler.gate.speech_started(runner.handler.now())
+    sent = client.post("/frames", content=good, headers={"content-type": "image/jpeg"})
+    assert sent.json() == {"forwarded": True, "frame_id": "test-f000001"}
+    assert r.xlen("frames") == 1
