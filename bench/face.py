@@ -54,14 +54,13 @@ def main() -> None:
         loop_s = time.perf_counter() - start
         assert stats.processed == len(frames) and r.xlen("faces") == raw_faces, (stats, raw_faces)
     n = len(frames)
-    print(
-        f"{n} frames, {raw_faces} faces: raw {raw_s / n * 1000:.1f} ms/frame, pipeline {loop_s / n * 1000:.1f} ms/frame"
-    )
+    raw_ms, loop_ms = raw_s / n * 1000, loop_s / n * 1000
+    print(f"{n} frames, {raw_faces} faces: raw {raw_ms:.1f} ms/frame, pipeline {loop_ms:.1f} ms/frame")
     report(
         "face",
         ratio_pipeline_vs_raw=raw_s / loop_s,
-        ms_per_frame=loop_s / n * 1000,
-        raw_ms_per_frame=raw_s / n * 1000,
+        ms_per_frame=loop_ms,
+        raw_ms_per_frame=raw_ms,
     )
 
 

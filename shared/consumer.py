@@ -104,6 +104,7 @@ class _Entry:
     outputs: Outputs | None = None
     error: str | None = None
     duplicate: bool = False
+    fatal: bool = False  # retrying cannot help: dead-letter at once
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -297,8 +298,7 @@ class Consumer:
         try:
             entry.msg = model.from_fields(entry.fields, self.cfg.max_field_bytes)
         except BadMessageError as exc:
-            entry.error = str(exc)
-            entry.deliveries = self.cfg.max_deliveries  # retrying cannot fix a malformed entry
+            entry.error, entry.fatal = str(exc), True
 
     def _skip_done(self, batch: list[_Entry]) -> None:
         """Skip the handler for redelivered messages whose outputs were already written.
@@ -343,7 +343,7 @@ class Consumer:
         if isinstance(result, Exception):
             entry.error = f"{type(result).__name__}: {result}"
             if isinstance(result, BadMessageError):
-                entry.deliveries = self.cfg.max_deliveries
+                entry.fatal = True
             elif entry.deliveries < self.cfg.max_deliveries:
                 log.warning(
                     "stream=%s id=%s ms=%.0f outcome=retry deliveries=%d error=%s",
@@ -369,7 +369,11 @@ class Consumer:
         one batch) has its outputs written once.
         """
         finished = [e for e in batch if e.outputs is not None]
-        dead = [e for e in batch if e.outputs is None and e.error and e.deliveries >= self.cfg.max_deliveries]
+        dead = [
+            e
+            for e in batch
+            if e.outputs is None and e.error and (e.fatal or e.deliveries >= self.cfg.max_deliveries)
+        ]
         fresh = [e for e in finished if not e.duplicate]
         with self.redis.pipeline(transaction=True) as pipe:
             if fresh:

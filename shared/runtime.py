@@ -53,7 +53,10 @@ def serve(
     check_only: bool = False,
     burst: bool = False,
 ) -> int:
-    """Run one service: build its handlers (models load here), then consume until SIGTERM (or drained, with ``burst``)."""
+    """Run one service: build its handlers (models load here), then consume.
+
+    Runs until SIGTERM, or with ``burst`` until the group is drained.
+    """
     configure_logging(settings.log_level)
     if check_only:
         return check(settings, group)

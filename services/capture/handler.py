@@ -137,7 +137,8 @@ class CaptureHandler:
         pcm = (np.clip(seg.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         return AudioSegmentMessage(
             segment_id=f"{self.session}-a{self.n_segments:06d}", session=self.session,
-            t_start=round(self.t0 + seg.start / SAMPLE_RATE, 3), t_end=round(self.t0 + seg.end / SAMPLE_RATE, 3),
+            t_start=round(self.t0 + seg.start / SAMPLE_RATE, 3),
+            t_end=round(self.t0 + seg.end / SAMPLE_RATE, 3),
             sample_rate=SAMPLE_RATE, audio=pcm,
         )  # fmt: skip
 

@@ -17,7 +17,8 @@ class AudioSettings(BaseModel):
     realtime: bool = False
     """Replay files at real-time speed; otherwise as fast as the VAD runs."""
     mic_device: int | None = None
-    """pyaudio input device index; ``None`` is the system default. ``python -m services.capture --devices`` lists them."""
+    """pyaudio input device index; ``None`` is the system default.
+    ``python -m services.capture --devices`` lists them."""
     mic_rate: int = 16_000
     """Rate the mic is opened at; resampled to 16 kHz when it differs."""
 

@@ -1,4 +1,4 @@
-"""``python -m services.face [--check]``: the face stage on ``frames``."""
+"""``python -m services.face [--check] [--burst]``: insightface detection and embedding on ``frames``."""
 
 import typer
 
@@ -11,10 +11,11 @@ from shared.streams import Groups
 
 def main(
     check: bool = typer.Option(False, "--check", help="Exit 0 if a live consumer runs on this host."),
+    burst: bool = typer.Option(False, "--burst", help="Exit 0 once the stream is drained."),
 ) -> None:
     settings = FaceSettings()
-    code = serve(settings, Groups.FACE, lambda: {FrameMessage: FaceHandler(settings.face).load()}, check, burst)
-    raise typer.Exit(code)
+    handlers = lambda: {FrameMessage: FaceHandler(settings.face).load()}  # noqa: E731
+    raise typer.Exit(serve(settings, Groups.FACE, handlers, check, burst))
 
 
 if __name__ == "__main__":

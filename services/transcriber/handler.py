@@ -1,6 +1,7 @@
 """Speech segments in, transcripts out."""
 
 import logging
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +34,11 @@ def pcm_to_float(msg: AudioSegmentMessage, settings: WhisperSettings) -> np.ndar
     if msg.t_end < msg.t_start:
         raise BadMessageError(f"segment {msg.segment_id}: t_end {msg.t_end} is before t_start {msg.t_start}")
     return np.frombuffer(msg.audio, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def words(text: str) -> str:
+    """Lower-cased text without punctuation: what the drop rules compare."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 def dbfs(audio: np.ndarray) -> float:
@@ -76,12 +82,9 @@ class TranscriberHandler:
         self, msg: AudioSegmentMessage, audio: np.ndarray, out: Transcription
     ) -> list[TranscriptMessage]:
         reason = None
-        if not out.text:
-            reason = "empty"
-        elif (
-            dbfs(audio) < self.settings.silence_dbfs
-            and out.text.lower().strip() in self.settings.hallucinations
-        ):
+        if not words(out.text):
+            reason = "empty"  # nothing at all, or only punctuation
+        elif dbfs(audio) < self.settings.silence_dbfs and words(out.text) in self.settings.hallucinations:
             reason = "hallucination"
         if reason:
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -91,6 +94,7 @@ class TranscriberHandler:
         return [
             TranscriptMessage(
                 segment_id=msg.segment_id, session=msg.session, t_start=msg.t_start, t_end=msg.t_end,
-                text=out.text, language=out.language, confidence=round(out.confidence, 4), model=self.model.name,
+                text=out.text, language=out.language, confidence=round(out.confidence, 4),
+                model=self.model.name,
             )
         ]  # fmt: skip

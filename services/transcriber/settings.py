@@ -4,10 +4,10 @@ from pydantic import BaseModel, Field
 
 from shared.settings import ServiceSettings
 
-# Whisper's well-known inventions on near-silent audio (lower case, stripped).
+# Whisper's well-known inventions on near-silent audio, compared without case or punctuation.
 DEFAULT_HALLUCINATIONS = [
-    "thank you.", "thank you", "thanks for watching!", "thanks for watching.", "you", "you.",
-    "bye.", "bye", ".", "okay.", "so", "so.", "i'm sorry.", "thank you very much.",
+    "thank you", "thanks for watching", "thank you for watching", "you", "bye", "okay", "so",
+    "i'm sorry", "thank you very much", "please subscribe",
 ]  # fmt: skip
 
 
@@ -39,7 +39,7 @@ class WhisperSettings(BaseModel):
     silence_dbfs: float = -45.0
     """Segments quieter than this RMS level count as low-energy for the hallucination rule."""
     hallucinations: list[str] = DEFAULT_HALLUCINATIONS
-    """Texts dropped when the segment is low-energy, compared lower-cased and stripped."""
+    """Texts dropped when the segment is low-energy, compared lower-cased and without punctuation."""
 
 
 class TranscriberSettings(ServiceSettings):

@@ -1,5 +1,6 @@
 """Capture on real speech (espeak-ng) with the real Silero VAD, publishing to a real redis-server."""
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_long_monologue_is_cut_at_the_max_length_with_overlap(
     lengths = [s.t_end - s.t_start for s in segs]
     assert len(segs) >= len(audio) / RATE / 10 - 1
     assert max(lengths) <= 10.0 + 2e-3, lengths
-    overlaps = [a.t_end - b.t_start for a, b in zip(segs, segs[1:], strict=False)]
+    overlaps = [a.t_end - b.t_start for a, b in itertools.pairwise(segs)]
     assert all(o == pytest.approx(0.5, abs=0.04) for o in overlaps[:-1]), overlaps
 
 
@@ -119,7 +120,7 @@ def test_replayed_frames_are_forwarded_only_during_speech_and_rate_capped(
     frames = [FrameMessage.from_fields(f) for _, f in r.xrange("frames")]
     times = [f.t for f in frames]
     assert frames and all(seg.t_start - 0.5 <= t <= seg.t_end + 0.5 for t in times), (seg, times)
-    assert all(b - a >= 1.0 - 1e-6 for a, b in zip(times, times[1:], strict=False)), "at most 1 fps"
+    assert all(b - a >= 1.0 - 1e-6 for a, b in itertools.pairwise(times)), "at most 1 fps"
     assert times[0] <= seg.t_start + 0.25, "the speech-start edge sends a frame at once"
     assert runner.handler.gate.dropped["silence"] > 10 and runner.handler.gate.dropped["rate"] > 0
     assert (frames[0].width, frames[0].height) == (512, 512)
@@ -141,7 +142,9 @@ def test_http_ingest_refuses_non_jpeg_and_oversized_bodies(
     bomb = bytearray(good)
     sof = bomb.index(b"\xff\xc0")
     bomb[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") * 2
-    assert client.post("/frames", content=bytes(bomb), headers={"content-type": "image/jpeg"}).status_code == 413
+    assert (
+        client.post("/frames", content=bytes(bomb), headers={"content-type": "image/jpeg"}).status_code == 413
+    )
     early = runner.handler.now() - 10  # long before speech: dropped, and too old to be sent at speech start
     quiet = client.post(f"/frames?t={early}", content=good, headers={"content-type": "image/jpeg"})
     assert quiet.status_code == 200 and quiet.json() == {"forwarded": False, "frame_id": None}

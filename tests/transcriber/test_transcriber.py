@@ -1,0 +1,126 @@
+"""The transcriber with the real tiny.en weights, on real espeak-ng speech and a real redis-server."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from services.transcriber.handler import TranscriberHandler
+from services.transcriber.model import WhisperSpeechModel
+from services.transcriber.settings import WhisperSettings
+from shared.consumer import Consumer
+from shared.schemas import AudioSegmentMessage, TranscriptMessage
+from shared.settings import ServiceSettings
+from tests.speech import RATE, SARAH, speech
+
+REPO = Path(__file__).parents[2]
+
+
+def segment(audio: np.ndarray, i: int | str = 1, rate: int = RATE) -> AudioSegmentMessage:
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    return AudioSegmentMessage(
+        segment_id=f"seg-{i}",
+        session="s",
+        t_start=100.0,
+        t_end=100.0 + len(audio) / RATE,
+        sample_rate=rate,
+        audio=pcm,
+    )
+
+
+def test_transcribes_the_introduction(whisper: WhisperSpeechModel, tmp_path: Path) -> None:
+    [out] = TranscriberHandler(whisper.settings, whisper)(segment(speech(SARAH, tmp_path)))
+    assert "Sarah" in out.text and "Stripe" in out.text
+    assert out.language == "en" and out.model == "tiny.en" and 0.3 < out.confidence <= 1.0
+    assert (out.segment_id, out.t_start) == ("seg-1", 100.0)
+
+
+def batched_twin(whisper: WhisperSpeechModel) -> WhisperSpeechModel:
+    """The same loaded weights, forced onto the batched pipeline (what a GPU replica uses)."""
+    batched = WhisperSpeechModel(WhisperSettings(batched=True))
+    batched.model, batched.batched, batched.name = whisper.model, whisper.batched, whisper.name
+    return batched
+
+
+def test_batched_pipeline_keeps_each_segment_apart(whisper: WhisperSpeechModel, tmp_path: Path) -> None:
+    clips = [
+        speech(SARAH, tmp_path), speech("Nice to see you again.", tmp_path), speech("Good morning.", tmp_path)
+    ]  # fmt: skip
+    together = [t.text.lower() for t in batched_twin(whisper).predict_batch(clips)]
+    loop = [t.text.lower() for t in whisper.predict_batch(clips)]
+    for words, texts in [(("stripe", "gym"), (together[0], loop[0])), (("again",), (together[1], loop[1]))]:
+        assert all(w in t for w in words for t in texts), (together, loop)
+    assert "morning" in together[2] and "stripe" not in together[1] + together[2]
+
+
+def test_silence_hallucination_is_dropped_and_counted(whisper: WhisperSpeechModel) -> None:
+    batched = batched_twin(whisper)
+    handler = TranscriberHandler(batched.settings, batched)
+    quiet = (np.random.default_rng(0).standard_normal(RATE * 2) * 1e-4).astype(np.float32)
+    results = handler.handle_batch([segment(quiet, 1), segment(quiet, 2)])
+    assert results == [[], []]
+    assert sum(handler.dropped.values()) == 2, handler.dropped
+
+
+def test_bad_segments_go_to_dlq_and_good_ones_still_flow(
+    r: redis.Redis, settings: ServiceSettings, whisper: WhisperSpeechModel, tmp_path: Path
+) -> None:
+    good = segment(speech("Good morning.", tmp_path), "good")
+    changes = {
+        "empty": ({"audio": b""}, "audio is empty"),
+        "rate": ({"sample_rate": 44100}, "expected 16000 Hz"),
+        "truncated": ({"audio": good.audio[:-1]}, "whole s16le"),
+        "long": ({"audio": bytes(RATE * 31 * 2)}, "over the 30.0 s limit"),
+        "backwards": ({"t_end": 99.0}, "is before t_start"),
+    }
+    bad = {
+        name: (good.model_copy(update={"segment_id": name, **c}), err) for name, (c, err) in changes.items()
+    }
+    r.xadd("audio:segments", good.to_fields())
+    for msg, _ in bad.values():
+        r.xadd("audio:segments", msg.to_fields())
+    stats = Consumer(
+        r, settings, "transcriber", {AudioSegmentMessage: TranscriberHandler(whisper.settings, whisper)}
+    ).run(burst=True)
+    assert (stats.processed, stats.dead_lettered) == (1, len(bad))
+    letters = {f[b"f.segment_id"].decode(): f[b"error"].decode() for _, f in r.xrange("dlq")}
+    for name, (_, error) in bad.items():
+        assert error in letters[name]
+    [(_, fields)] = r.xrange("transcripts")
+    assert "morning" in TranscriptMessage.from_fields(fields).text.lower()
+
+
+def test_two_replicas_transcribe_every_segment_exactly_once(
+    r: redis.Redis, settings: ServiceSettings, tmp_path: Path
+) -> None:
+    sentences = [
+        "Good morning.",
+        "How are you?",
+        "See you tomorrow.",
+        "Thanks a lot.",
+        "The coffee is great.",
+    ] * 2
+    for i, text in enumerate(sentences):
+        r.xadd("audio:segments", segment(speech(text, tmp_path), i).to_fields())
+    env = {**os.environ, "CONVO_REDIS_URL": settings.redis_url, "CONVO_CONSUMER__BATCH_SIZE": "1"}
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-m", "services.transcriber", "--burst"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    logs = [p.communicate(timeout=240)[0] for p in replicas]
+    assert [p.returncode for p in replicas] == [0, 0], logs
+    ids = [TranscriptMessage.from_fields(f).segment_id for _, f in r.xrange("transcripts")]
+    assert sorted(ids) == sorted(f"seg-{i}" for i in range(len(sentences)))
+    consumers = r.xinfo_consumers("audio:segments", "transcriber")
+    assert len(consumers) == 2 and r.xpending("audio:segments", "transcriber")["pending"] == 0
+    assert sum("outcome=ok" in line for log in logs for line in log.splitlines()) == len(sentences)
