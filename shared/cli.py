@@ -1,9 +1,5 @@
 """``convo``: look at the streams, tail them, handle dead letters, run the local stack."""
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -165,36 +161,23 @@ def dlq_drop(
     console.print(f"dropped {len(letters)} dead letters")
 
 
+@app.command("env-example")
+def env_example() -> None:
+    """Print every setting with its default (the content of .env.example)."""
+    from shared.envfile import all_service_settings, render_env_example
+
+    print(render_env_example(all_service_settings()), end="")
+
+
 @app.command()
 def up(
+    demo: Annotated[bool, typer.Option(help="Play the demo conversation once the services are up.")] = False,
     procfile: Annotated[Path, typer.Option(help="Which Procfile honcho runs.")] = REPO / "Procfile",
 ) -> None:
     """Run every service with honcho; start a private redis-server unless CONVO_REDIS_URL is set."""
-    from shared.redis_server import RedisServer
+    from shared.stack import up as run_stack
 
-    settings = ServiceSettings()
-    env = dict(os.environ)
-    server = None
-    if "CONVO_REDIS_URL" not in os.environ:
-        try:
-            connect(settings).ping()
-            console.print(f"using the Redis already on {settings.redis_url}")
-        except redis.ConnectionError:
-            port = redis.connection.parse_url(settings.redis_url).get("port", 6380)
-            server = RedisServer(REPO / ".convo" / "redis", port=port).start()
-            console.print(f"started redis-server on {server.url} (data in .convo/redis)")
-    env["CONVO_REDIS_URL"] = settings.redis_url
-    honcho = Path(sys.executable).with_name("honcho")
-    proc = subprocess.Popen([str(honcho), "-f", str(procfile), "-d", str(REPO), "start"], env=env)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        code = proc.wait()  # honcho got the same Ctrl-C and stops its children
-    finally:
-        if server:
-            time.sleep(0.2)
-            server.stop()
-    raise typer.Exit(code)
+    raise typer.Exit(run_stack(demo, procfile))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ class RedisServer:
             "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args)
+        # Its own session: a Ctrl-C meant for the services must not stop Redis under them.
+        self.proc = subprocess.Popen(args, start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:

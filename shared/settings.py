@@ -3,7 +3,7 @@
 import os
 import socket
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.streams import StreamCaps, StreamNames
@@ -11,7 +11,13 @@ from shared.streams import StreamCaps, StreamNames
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
 
 
-class ConsumerSettings(BaseModel):
+class SettingsGroup(BaseModel):
+    """A nested group of settings; field docstrings are their documentation (``.env.example``)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+
+class ConsumerSettings(SettingsGroup):
     """How the shared consumer loop reads, retries and gives up."""
 
     batch_size: int = Field(16, ge=1)
@@ -27,7 +33,7 @@ class ConsumerSettings(BaseModel):
     max_field_bytes: int = Field(8 * 1024 * 1024, ge=1)
     """A field larger than this is refused before the handler sees it."""
     dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
-    """How long a message's "done" record is kept, i.e. the window in which a redelivery is recognised."""
+    """How long a message's "done" record is kept: the window in which a redelivery is recognised."""
     heartbeat_ttl_s: int = Field(30, ge=2)
     """The health key expires this long after the loop last turned."""
     backoff_max_s: float = Field(10.0, gt=0)
@@ -38,7 +44,11 @@ class ServiceSettings(BaseSettings):
     """Settings common to every service, read from ``CONVO_*`` environment variables and ``.env``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CONVO_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+        env_prefix="CONVO_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     redis_url: str = DEFAULT_REDIS_URL

@@ -4,13 +4,15 @@ Stream names are settings (``CONVO_STREAMS__TRANSCRIPTS=...``) so that a second
 deployment can share one Redis; everything else here is fixed.
 """
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 KEY_PREFIX = "convo"
 
 
 class StreamNames(BaseModel):
     """Names of the streams, as DESIGN's stream table gives them."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     audio_segments: str = "audio:segments"
     """VAD speech segments from capture."""
@@ -30,6 +32,8 @@ class StreamNames(BaseModel):
 
 class StreamCaps(BaseModel):
     """Approximate ``MAXLEN`` per stream: the hard bound on memory, applied on every write."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     audio_segments: int = 5_000
     """Segments carry raw PCM (about 32 KB per second of speech)."""

@@ -1,14 +1,14 @@
 """Settings of the capture service (``CONVO_AUDIO__*``, ``CONVO_VAD__*``, ``CONVO_FRAMES__*``)."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, SettingsGroup
 
 SAMPLE_RATE = 16_000
 CHUNK = 512  # Silero VAD's window at 16 kHz: 32 ms
 
 
-class AudioSettings(BaseModel):
+class AudioSettings(SettingsGroup):
     """Where speech comes from."""
 
     source: str = "mic"
@@ -23,7 +23,7 @@ class AudioSettings(BaseModel):
     """Rate the mic is opened at; resampled to 16 kHz when it differs."""
 
 
-class VadSettings(BaseModel):
+class VadSettings(SettingsGroup):
     """Silero VAD and how its decisions become segments."""
 
     threshold: float = Field(0.5, gt=0, lt=1)
@@ -42,7 +42,7 @@ class VadSettings(BaseModel):
     """A cut segment's successor starts this much before the cut, so no word is lost at the seam."""
 
 
-class FrameSettings(BaseModel):
+class FrameSettings(SettingsGroup):
     """Where frames come from and which of them are forwarded."""
 
     source: str | None = None
@@ -71,5 +71,8 @@ class CaptureSettings(ServiceSettings):
     session: str | None = None
     """Session id stamped on every entry; by default one per start (``YYYYmmdd-HHMMSS``)."""
     audio: AudioSettings = AudioSettings()
+    """Audio source (``CONVO_AUDIO__SOURCE=meeting.wav``)."""
     vad: VadSettings = VadSettings()
+    """Speech detection and segmenting (``CONVO_VAD__MAX_SEGMENT_S=15``)."""
     frames: FrameSettings = FrameSettings()
+    """Frame source and gating (``CONVO_FRAMES__SOURCE=http``)."""

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, SettingsGroup
 
 
-class FaceModelSettings(BaseModel):
+class FaceModelSettings(SettingsGroup):
     """Which insightface pack runs, where, and with what quality gates."""
 
     model_pack: str = "buffalo_s"

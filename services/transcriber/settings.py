@@ -1,8 +1,8 @@
 """Settings of the transcriber (``CONVO_WHISPER__*``)."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, SettingsGroup
 
 # Whisper's well-known inventions on near-silent audio, compared without case or punctuation.
 DEFAULT_HALLUCINATIONS = [
@@ -11,7 +11,7 @@ DEFAULT_HALLUCINATIONS = [
 ]  # fmt: skip
 
 
-class WhisperSettings(BaseModel):
+class WhisperSettings(SettingsGroup):
     """Which Whisper model runs, where, and how its output is filtered."""
 
     model: str = "auto"

@@ -1,0 +1,105 @@
+"""The local stack without Docker: a redis-server if none is configured, honcho for the services,
+and the demo conversation replayed through capture."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+from rich.console import Console
+
+from shared.redis_server import RedisServer
+from shared.runtime import connect
+from shared.schemas import TranscriptMessage
+from shared.settings import ServiceSettings
+from shared.streams import KEY_PREFIX
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = REPO / ".convo"
+console = Console()
+
+
+def ensure_redis(settings: ServiceSettings) -> RedisServer | None:
+    """Use ``CONVO_REDIS_URL`` when set; otherwise start a private server on the default URL's port."""
+    if "CONVO_REDIS_URL" in os.environ:
+        return None
+    try:
+        connect(settings).ping()
+        console.print(f"using the Redis already running on {settings.redis_url}")
+        return None
+    except redis.ConnectionError:
+        port = redis.connection.parse_url(settings.redis_url).get("port", 6380)
+        server = RedisServer(STATE / "redis", port=port).start()
+        console.print(f"started redis-server on {server.url} (data in .convo/redis)")
+        return server
+
+
+def wait_for_consumers(client: redis.Redis, groups: list[str], timeout_s: float = 300) -> None:
+    """Block until every group has a live heartbeat (models loaded), or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    missing = groups
+    while missing:
+        missing = [g for g in groups if not next(client.scan_iter(f"{KEY_PREFIX}:heartbeat:{g}:*"), None)]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"services did not come up: {', '.join(missing)}")
+        time.sleep(0.5)
+
+
+def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
+    """Replay each demo meeting through a one-shot capture, at real-time speed, and show what comes out."""
+    from services.capture.demo import build
+
+    client = connect(settings)
+    stream = settings.streams.transcripts
+    console.print("[bold]demo:[/] waiting for the transcriber and face services to load their models...")
+    wait_for_consumers(client, ["transcriber", "face"])
+    last = client.xrevrange(stream, count=1)
+    cursor = last[0][0] if last else b"0-0"
+    run = time.strftime("%Y%m%d-%H%M%S")  # ids are idempotency keys: a new run needs new ones
+    for i, folder in enumerate(build(STATE / "demo"), 1):
+        console.print(f"[bold]demo:[/] playing {folder.name}")
+        subprocess.run(
+            [sys.executable, "-m", "services.capture", "--audio", str(folder / "audio.wav"),
+             "--frames", str(folder / "frames"), "--realtime", "--session", f"demo-{run}-{i}"],
+            env=env, check=True,
+        )  # fmt: skip
+        time.sleep(3)  # the last segment is still in the transcriber
+        for entry_id, fields in client.xrange(stream, min=b"(" + cursor):
+            cursor = entry_id
+            msg = TranscriptMessage.from_fields(fields)
+            console.print(f"  [cyan]{msg.session}[/] {msg.text}")
+    faces = client.xlen(settings.streams.faces)
+    console.print(
+        f"[bold]demo:[/] done; {faces} faces in `{settings.streams.faces}`. `convo status` shows the groups."
+    )
+
+
+def up(demo: bool, procfile: Path) -> int:
+    """Run the stack until Ctrl-C; with ``demo``, play the demo conversation once it is up."""
+    settings = ServiceSettings()
+    server = ensure_redis(settings)
+    env = {**os.environ, "CONVO_REDIS_URL": settings.redis_url}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if demo:
+        env.setdefault("CONVO_AUDIO__SOURCE", "none")  # the demo is the audio; keep the mic out of it
+    honcho = Path(sys.executable).with_name("honcho")
+    proc = subprocess.Popen([str(honcho), "-f", str(procfile), "-d", str(REPO), "start"], env=env)
+    # A terminal's Ctrl-C reaches honcho by itself; a SIGTERM (systemd, CI) is passed on to it.
+    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        if demo:
+            play_demo(settings, env)
+            console.print("[bold]the stack keeps running; Ctrl-C stops it.[/]")
+        return proc.wait()
+    except (KeyboardInterrupt, subprocess.CalledProcessError):
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        if server:
+            server.stop()
