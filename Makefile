@@ -35,7 +35,7 @@ test: setup
 	$(BIN)/pytest -q
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check .

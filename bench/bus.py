@@ -13,7 +13,7 @@ import redis
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_settings, private_redis, report
+from bench._common import bench_settings, private_redis, report
 from shared.consumer import Consumer
 from shared.schemas import RecallMessage, TranscriptMessage
 

@@ -18,7 +18,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_settings, private_redis, report
+from bench._common import bench_settings, private_redis, report
 from services.face.handler import FaceHandler
 from services.face.model import FacePackModel
 from services.face.settings import FaceModelSettings

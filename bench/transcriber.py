@@ -20,7 +20,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import private_redis, report
+from bench._common import private_redis, report
 from services.capture.model import SileroVadModel
 from services.capture.sources import chunked
 from services.transcriber.model import packaged_tiny_en

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.runtime import connect
-from shared.schemas import MESSAGE_TYPES, _is_bytes
+from shared.schemas import MESSAGE_TYPES
 from shared.settings import ServiceSettings
 
 app = typer.Typer(help="Conversationalist: streams, dead letters and the local stack.", no_args_is_help=True)
@@ -56,11 +56,11 @@ def status() -> None:
 
 def _summarise(stream_attr: str | None, fields: dict[bytes, bytes]) -> str:
     model = MESSAGE_TYPES.get(stream_attr or "")
+    kinds = model.field_kinds() if model else {}
     parts = []
     for key, value in fields.items():
         name = _s(key)
-        info = model.model_fields.get(name) if model else None
-        binary = info is not None and _is_bytes(info.annotation)
+        binary = kinds.get(name) == "bytes"
         if not binary:
             try:
                 text = value.decode("utf-8")

@@ -251,17 +251,12 @@ class Consumer:
             if not entries:
                 continue
             # The delivery count lives in the pending list; XAUTOCLAIM has just raised it.
-            pending = self.redis.xpending_range(
-                stream,
-                self.group,
-                min=entries[0][0],
-                max=entries[-1][0],
-                count=len(entries) * 4 + 10,
-                consumername=self.name,
-            )
-            counts = {p["message_id"]: p["times_delivered"] for p in pending}
-            for eid, fields in entries:
-                batch.append(_Entry(stream, eid, fields, deliveries=counts.get(eid, 1)))
+            pipe = self.redis.pipeline(transaction=False)
+            for eid, _ in entries:
+                pipe.xpending_range(stream, self.group, min=eid, max=eid, count=1)
+            for (eid, fields), info in zip(entries, pipe.execute(), strict=True):
+                deliveries = info[0]["times_delivered"] if info else self.cfg.max_deliveries
+                batch.append(_Entry(stream, eid, fields, deliveries=deliveries))
         if batch:
             self.stats.reclaimed += len(batch)
             log.info("group %s reclaimed %d idle entries", self.group, len(batch))
@@ -352,7 +347,7 @@ class Consumer:
                     self._ms(entry),
                     entry.deliveries,
                     entry.error,
-                    exc_info=result if not isinstance(result, ValueError) else None,
+                    exc_info=result,
                 )
                 FAILED.labels(self.group, stream).inc()
                 self.stats.failed += 1

@@ -1,6 +1,7 @@
 """What every service's ``__main__`` does: logging, metrics, the Redis client, ``--check``."""
 
 import logging
+import socket
 import sys
 from collections.abc import Callable, Mapping
 
@@ -33,8 +34,6 @@ def configure_logging(level: str) -> None:
 
 def check(settings: ServiceSettings, group: str) -> int:
     """Exit status for a container healthcheck: 0 if a consumer of ``group`` on this host is alive."""
-    import socket
-
     try:
         client = connect(settings)
         pattern = f"{KEY_PREFIX}:heartbeat:{group}:{socket.gethostname()}-*"

@@ -49,7 +49,7 @@ class StreamMessage(BaseModel):
     v: int = 1
 
     @classmethod
-    def _kinds(cls) -> dict[str, str]:
+    def field_kinds(cls) -> dict[str, str]:
         """Each field's encoding: ``bytes`` (raw), ``json`` (lists, dicts) or ``text``."""
         kinds = cls.__dict__.get("_field_kinds")
         if kinds is None:
@@ -72,7 +72,7 @@ class StreamMessage(BaseModel):
     def to_fields(self) -> dict[str, bytes | str]:
         """Flatten to Redis fields."""
         fields: dict[str, bytes | str] = {}
-        for name, kind in self._kinds().items():
+        for name, kind in self.field_kinds().items():
             value = getattr(self, name)
             if kind == "bytes":
                 fields[name] = value
@@ -94,7 +94,7 @@ class StreamMessage(BaseModel):
                 f"{cls.__name__}: unknown schema version v={version[:20]!r}, "
                 f"this reader knows v={cls.VERSION}"
             )
-        kinds = cls._kinds()
+        kinds = cls.field_kinds()
         data: dict[str, Any] = {}
         for name, value in raw.items():
             if len(value) > max_field_bytes:

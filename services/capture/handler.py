@@ -41,6 +41,17 @@ def jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     return size
 
 
+@dataclass(frozen=True)
+class Shot:
+    """A camera frame before the gate: when it was taken, its JPEG and the size its header gives."""
+
+    t: float
+    jpeg: bytes
+    width: int
+    height: int
+    ref: str = ""
+
+
 @dataclass
 class FrameGate:
     """Which frames go on: those taken during speech (give or take ``margin_s``), at most
@@ -51,27 +62,28 @@ class FrameGate:
     last_speech_end: float | None = None
     last_sent: float = float("-inf")
     edge: bool = False
-    latest: tuple[float, bytes, str] | None = None
+    latest: Shot | None = None
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def speech_started(self, t: float) -> tuple[float, bytes, str] | None:
+    def speech_started(self, t: float) -> Shot | None:
         """Speech began at ``t``: returns the frame held from just before, if recent enough."""
         self.speaking, self.edge = True, True
         held, self.latest = self.latest, None
-        if held is not None and t - held[0] <= self.settings.margin_s:
-            self.edge, self.last_sent = False, held[0]
+        if held is not None and t - held.t <= self.settings.margin_s:
+            self.edge, self.last_sent = False, held.t
             return held
         return None
 
     def speech_ended(self, t: float) -> None:
         self.speaking, self.last_speech_end = False, t
 
-    def admit(self, t: float, jpeg: bytes, ref: str) -> bool:
+    def admit(self, shot: Shot) -> bool:
+        t = shot.t
         during = self.speaking or (
             self.last_speech_end is not None and t <= self.last_speech_end + self.settings.margin_s
         )
         if not during:
-            self.latest = (t, jpeg, ref)
+            self.latest = shot
             return self._drop("silence")
         if self.edge or t - self.last_sent >= 1.0 / self.settings.max_fps:
             self.edge, self.last_sent = False, t
@@ -112,7 +124,7 @@ class CaptureHandler:
                 start = self.segmenter.speech_start or 0
                 held = self.gate.speech_started(self.t0 + start / SAMPLE_RATE)
                 if held is not None:
-                    out.append(self._frame(*held))
+                    out.append(self._frame(held))
             elif was_speaking and not self.segmenter.speaking:
                 self.gate.speech_ended(self.t0 + self.segmenter.pos / SAMPLE_RATE)
             return out
@@ -127,9 +139,9 @@ class CaptureHandler:
 
     def frame(self, t: float, jpeg: bytes, ref: str = "") -> list[FrameMessage]:
         """A frame taken at wall-clock ``t``; forwarded only if the gate lets it through."""
-        jpeg_size(jpeg, self.settings.frames.max_pixels)
+        shot = Shot(t, jpeg, *jpeg_size(jpeg, self.settings.frames.max_pixels), ref=ref)
         with self._lock:
-            return [self._frame(t, jpeg, ref)] if self.gate.admit(t, jpeg, ref) else []
+            return [self._frame(shot)] if self.gate.admit(shot) else []
 
     def _segment(self, seg: Segment) -> AudioSegmentMessage:
         self.n_segments += 1
@@ -142,11 +154,10 @@ class CaptureHandler:
             sample_rate=SAMPLE_RATE, audio=pcm,
         )  # fmt: skip
 
-    def _frame(self, t: float, jpeg: bytes, ref: str) -> FrameMessage:
+    def _frame(self, shot: Shot) -> FrameMessage:
         self.n_frames += 1
-        width, height = jpeg_size(jpeg, self.settings.frames.max_pixels)
-        log.debug("frame %s from %s forwarded", self.n_frames, ref)
+        log.debug("frame %s from %s forwarded", self.n_frames, shot.ref)
         return FrameMessage(
-            frame_id=f"{self.session}-f{self.n_frames:06d}", session=self.session, t=round(t, 3),
-            width=width, height=height, image=jpeg,
+            frame_id=f"{self.session}-f{self.n_frames:06d}", session=self.session, t=round(shot.t, 3),
+            width=shot.width, height=shot.height, image=shot.jpeg,
         )  # fmt: skip

@@ -3,7 +3,7 @@
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from services.capture.sources import (
     video_frames,
 )
 from shared.publisher import Publisher
-from shared.schemas import BadMessageError, StreamMessage
+from shared.schemas import BadMessageError, FrameMessage, StreamMessage
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,14 @@ class CaptureRunner:
         self.session = settings.session or datetime.now().strftime("%Y%m%d-%H%M%S")
         self.handler = CaptureHandler(settings, self.session, time.time(), vad)
 
-    def publish(self, messages: list[StreamMessage]) -> None:
+    def publish(self, messages: Sequence[StreamMessage]) -> None:
         for msg in messages:
             self.publisher.publish(msg)
 
-    def submit_frame(self, t: float, jpeg: bytes) -> list:  # type: ignore[type-arg]
+    def submit_frame(self, t: float, jpeg: bytes) -> list[FrameMessage]:
+        """A frame from the HTTP ingest: gated, published, and returned if it was forwarded."""
         sent = self.handler.frame(t, jpeg, "http")
-        self.publish(sent)  # type: ignore[arg-type]
+        self.publish(sent)
         return sent
 
     # -- replay ----------------------------------------------------------------------
@@ -87,7 +88,7 @@ class CaptureRunner:
 
     def _replay_frame(self, frame: RawFrame) -> None:
         try:
-            self.publish(self.handler.frame(self.handler.t0 + frame.t_offset, frame.jpeg, frame.ref))  # type: ignore[arg-type]
+            self.publish(self.handler.frame(self.handler.t0 + frame.t_offset, frame.jpeg, frame.ref))
         except BadMessageError as exc:
             self.publisher.dead_letter("capture", frame.ref, str(exc), session=self.session)
 
@@ -107,7 +108,7 @@ class CaptureRunner:
         for frame in video_frames(source, realtime=True):
             if self.stop.is_set():
                 return
-            self.publish(self.handler.frame(time.time(), frame.jpeg, frame.ref))  # type: ignore[arg-type]
+            self.publish(self.handler.frame(time.time(), frame.jpeg, frame.ref))
 
     def run(self) -> None:
         """Start the configured sources and return when the audio source ends or on stop."""

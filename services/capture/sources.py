@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def audio_files(source: Path) -> list[Path]:
     return [source]
 
 
-def stdin_chunks(stream=None) -> Iterator[np.ndarray]:  # type: ignore[no-untyped-def]
+def stdin_chunks(stream: BinaryIO | None = None) -> Iterator[np.ndarray]:
     """Raw s16le 16 kHz mono PCM, e.g. ``arecord -f S16_LE -r 16000 -c 1 | python -m services.capture``."""
     stream = stream or sys.stdin.buffer
     while block := stream.read(CHUNK * 2):

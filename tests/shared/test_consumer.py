@@ -153,10 +153,11 @@ def test_sigkill_mid_batch_is_reclaimed_without_loss_or_duplicates(
 ) -> None:
     publish(r, 30)
     worker = run_worker(settings, 0.2)
-    wait_for(lambda: len(recalls(r)) >= 3)
+    # One batch of 10 committed, the next one read and in hand: kill it there.
+    wait_for(lambda: len(recalls(r)) >= 10 and pending(r) > 0)
     worker.kill()
     worker.wait()
-    assert pending(r) > 0, "the killed worker held unacked entries"
+    assert len(recalls(r)) < 30 and pending(r) > 0, "the killed worker held unacked entries"
     stats = Consumer(r, settings, "echo", {TranscriptMessage: echo}).run(burst=True)
     assert stats.reclaimed > 0
     out = recalls(r)
