@@ -1,0 +1,1 @@
+"""The one library every service shares: settings, stream names, message models, the consumer loop."""

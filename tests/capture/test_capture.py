@@ -72,9 +72,9 @@ def test_long_monologue_is_cut_at_the_max_length_with_overlap(
         "I have been working on payments infrastructure for a long time, and the hardest part "
         "is always the same, the retries, the idempotency keys and the rate limits that every "
         "partner bank sets in a different way, "
-    ) * 5
+    ) * 6
     audio = speech(text, tmp_path)
-    assert len(audio) / RATE > 55
+    assert len(audio) / RATE >= 60
     capture_settings.vad = VadSettings(max_segment_s=10, overlap_s=0.5, min_silence_ms=3000)
     replay(r, capture_settings, vad, write_wav(tmp_path / "long.wav", audio))
     segs = segments(r)
@@ -152,3 +152,43 @@ def test_http_ingest_refuses_non_jpeg_and_oversized_bodies(
     sent = client.post("/frames", content=good, headers={"content-type": "image/jpeg"})
     assert sent.json() == {"forwarded": True, "frame_id": "test-f000001"}
     assert r.xlen("frames") == 1
+
+
+def test_mic_without_a_device_gives_a_clear_error_naming_the_settings() -> None:
+    from services.capture.settings import AudioSettings
+    from services.capture.sources import SourceError, mic_chunks
+
+    with pytest.raises(SourceError, match="CONVO_AUDIO__MIC_DEVICE") as info:
+        next(mic_chunks(AudioSettings(mic_device=None)))
+    assert "cannot open the microphone" in str(info.value)
+
+
+def test_stdin_pcm_is_segmented_like_a_file(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    import io
+
+    from services.capture.sources import stdin_chunks
+
+    audio = np.concatenate([SILENCE_2S, speech(SARAH, tmp_path), SILENCE_2S])
+    pcm = io.BytesIO((audio * 32767).astype("<i2").tobytes())
+    runner = CaptureRunner(capture_settings, Publisher(r, capture_settings), vad)
+    runner.listen(stdin_chunks(pcm))
+    [seg] = segments(r)
+    assert seg.t_end - seg.t_start == pytest.approx(voiced_span(audio)[1] - voiced_span(audio)[0], abs=1.0)
+
+
+def test_video_file_replay_sends_frames_during_speech(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    video = tmp_path / "glasses.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (512, 512))
+    for _ in range(5 * 8):  # 8 s at 5 fps
+        writer.write(photo("astronaut"))
+    writer.release()
+    audio = np.concatenate([SILENCE_2S, speech(SARAH, tmp_path), SILENCE_2S])
+    capture_settings.frames = FrameSettings(source=str(video), max_fps=1, margin_s=0.3)
+    replay(r, capture_settings, vad, write_wav(tmp_path / "s.wav", audio))
+    [seg] = segments(r)
+    times = [FrameMessage.from_fields(f).t for _, f in r.xrange("frames")]
+    assert len(times) >= 3 and all(seg.t_start - 0.3 <= t <= seg.t_end + 0.3 for t in times)
