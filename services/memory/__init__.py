@@ -1,1 +1,4 @@
-"""Memory: the person store, encounter assembly, extraction and recall (not built yet; see docs/ARCHITECTURE.md)."""
+"""Memory: the person store, encounters, extraction and recall (not built yet).
+
+See docs/ARCHITECTURE.md.
+"""
