@@ -83,6 +83,19 @@ class BatchHandler(Protocol):
     def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]: ...
 
 
+class BatchedHandler:
+    """Base of handlers that do their work in ``handle_batch``; calling one handles one message."""
+
+    def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]:
+        raise NotImplementedError
+
+    def __call__(self, msg: Any, /) -> Outputs:
+        [result] = self.handle_batch([msg])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
 @dataclass
 class Stats:
     """What one :meth:`Consumer.run` did; the same events the Prometheus counters count."""

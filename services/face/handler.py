@@ -10,6 +10,7 @@ from prometheus_client import Counter
 
 from services.face.model import FaceDetectorModel, FaceEmbedderModel, FacePackModel
 from services.face.settings import FaceModelSettings
+from shared.consumer import BatchedHandler
 from shared.images import decode_jpeg, encode_jpeg
 from shared.schemas import FaceMessage, FrameMessage, embedding_to_bytes
 
@@ -43,7 +44,7 @@ def thumbnail(bgr: np.ndarray, box: np.ndarray, side: int) -> bytes:
     return encode_jpeg(cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), quality=80)
 
 
-class FaceHandler:
+class FaceHandler(BatchedHandler):
     """Detects, quality-gates and embeds the faces of frames; several frames share one embedder call."""
 
     def __init__(self, settings: FaceModelSettings, pack: FacePackModel | None = None) -> None:
@@ -56,12 +57,6 @@ class FaceHandler:
     def load(self) -> "FaceHandler":
         self.detector.load()
         return self
-
-    def __call__(self, msg: FrameMessage) -> list[FaceMessage]:
-        [result] = self.handle_batch([msg])
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def handle_batch(self, msgs: Sequence[FrameMessage]) -> list[list[FaceMessage] | Exception]:
         results: list[list[FaceMessage] | Exception] = []

@@ -9,6 +9,7 @@ from prometheus_client import Counter
 
 from services.transcriber.model import Transcription, WhisperSpeechModel
 from services.transcriber.settings import WhisperSettings
+from shared.consumer import BatchedHandler
 from shared.schemas import AudioSegmentMessage, BadMessageError, TranscriptMessage
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def dbfs(audio: np.ndarray) -> float:
     return 20 * np.log10(max(rms, 1e-10))
 
 
-class TranscriberHandler:
+class TranscriberHandler(BatchedHandler):
     """Transcribes segments; waiting segments go through one batched call on a GPU."""
 
     def __init__(self, settings: WhisperSettings, model: WhisperSpeechModel | None = None) -> None:
@@ -57,12 +58,6 @@ class TranscriberHandler:
     def load(self) -> "TranscriberHandler":
         self.model.load()
         return self
-
-    def __call__(self, msg: AudioSegmentMessage) -> list[TranscriptMessage]:
-        [result] = self.handle_batch([msg])
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def handle_batch(self, msgs: Sequence[AudioSegmentMessage]) -> list[list[TranscriptMessage] | Exception]:
         results: list[list[TranscriptMessage] | Exception] = []

@@ -14,8 +14,9 @@ import redis
 
 from shared.consumer import Consumer
 from shared.redis_server import RedisServer
-from shared.schemas import RecallMessage, TranscriptMessage
+from shared.schemas import TranscriptMessage
 from shared.settings import ConsumerSettings, ServiceSettings
+from tests.shared.echo_worker import echo
 
 WORKER = Path(__file__).with_name("echo_worker.py")
 REPO = Path(__file__).parents[2]
@@ -26,21 +27,6 @@ def transcript(i: int | str, text: str = "hello") -> TranscriptMessage:
         segment_id=f"seg-{i}", session="s", t_start=0.0, t_end=1.0, text=text,
         language="en", confidence=0.9, model="test",
     )  # fmt: skip
-
-
-def echo(msg: TranscriptMessage) -> list[RecallMessage]:
-    if msg.text == "poison":
-        raise RuntimeError("poison entry")
-    return [
-        RecallMessage(
-            recall_id=msg.segment_id,
-            person_id="p",
-            name=msg.text,
-            summary="",
-            similarity=1.0,
-            t=0.0,
-        )
-    ]
 
 
 def publish(r: redis.Redis, n: int, start: int = 0, text: str = "hello") -> None:
