@@ -69,3 +69,54 @@ def done_key(group: str, message_key: str) -> str:
 def heartbeat_key(group: str, consumer: str) -> str:
     """Refreshed with a TTL by each live consumer; read by ``--check``."""
     return f"{KEY_PREFIX}:heartbeat:{group}:{consumer}"
+
+
+class MemoryKeys:
+    """Keys of the person memory. Redis is the source of truth; replicas keep only caches."""
+
+    PERSONS = f"{KEY_PREFIX}:persons"  # SET of person ids
+    VERSION = f"{KEY_PREFIX}:persons:version"  # INCR on every change to any face set
+    NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
+
+    @staticmethod
+    def person(pid: str) -> str:
+        """HASH: name, company, role, first_seen, last_seen, encounters, thumb."""
+        return f"{KEY_PREFIX}:person:{pid}"
+
+    @staticmethod
+    def faces(pid: str) -> str:
+        """HASH view id -> float32 embedding: the person's capped set of views."""
+        return f"{KEY_PREFIX}:person:{pid}:faces"
+
+    @staticmethod
+    def facts(pid: str) -> str:
+        """HASH normalised fact -> JSON {text, kind, source, t}."""
+        return f"{KEY_PREFIX}:person:{pid}:facts"
+
+    @staticmethod
+    def encounters(pid: str) -> str:
+        """ZSET encounter id by end time."""
+        return f"{KEY_PREFIX}:person:{pid}:encounters"
+
+    @staticmethod
+    def encounter(eid: str) -> str:
+        """HASH: the encounter's session, times, transcript, summary, topics and facts."""
+        return f"{KEY_PREFIX}:encounter:{eid}"
+
+    @staticmethod
+    def frame_persons(frame_id: str) -> str:
+        """SET of persons already given to a face of this frame (two faces are two people)."""
+        return f"{KEY_PREFIX}:frame:{frame_id}:persons"
+
+    @staticmethod
+    def open_encounter(session: str) -> str:
+        """HASH: the session's conversation in progress (id, times, segments, who was seen)."""
+        return f"{KEY_PREFIX}:session:{session}:open"
+
+    @staticmethod
+    def session_lock(session: str) -> str:
+        return f"{KEY_PREFIX}:lock:session:{session}"
+
+    @staticmethod
+    def recall_cooldown(pid: str) -> str:
+        return f"{KEY_PREFIX}:recall-cooldown:{pid}"

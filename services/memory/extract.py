@@ -1,0 +1,169 @@
+"""What a conversation says about the other person: name, company, role, facts, topics.
+
+Two backends behind one interface: ``rules`` (offline, always there) and ``anthropic``
+(Claude through the official SDK, structured by a tool, validated by pydantic, with the
+rules backend as the fallback).
+"""
+
+import json
+import logging
+import re
+from typing import Protocol
+
+from pydantic import BaseModel, Field, ValidationError
+
+from services.memory.settings import ExtractSettings
+
+log = logging.getLogger(__name__)
+
+
+class Extraction(BaseModel):
+    """What was learned in one conversation."""
+
+    name: str | None = Field(None, max_length=100, description="The other person's name, if said.")
+    company: str | None = Field(None, max_length=100, description="Where they work, if said.")
+    role: str | None = Field(None, max_length=100, description="Their job or role, if said.")
+    place: str | None = Field(None, max_length=100, description="Where the conversation happened, if said.")
+    facts: list[str] = Field(default_factory=list, max_length=20, description="Short facts about the person.")
+    topics: list[str] = Field(default_factory=list, max_length=10, description="What was talked about.")
+    open_threads: list[str] = Field(
+        default_factory=list, max_length=10, description="Plans or promises to follow up on."
+    )
+    summary: str = Field("", max_length=1000, description="One or two sentences about the conversation.")
+    backend: str = "rules"
+
+
+class Extractor(Protocol):
+    def extract(self, transcript: str, wearer: str | None = None) -> Extraction: ...
+
+
+NAME = r"([A-Z][a-z]+(?: [A-Z][a-z]+)?)"
+ORG = r"([A-Z][A-Za-z0-9&]+(?: [A-Z][A-Za-z0-9&]+)?)"
+THIRD_PERSON = {
+    "work on": "works on", "run": "runs", "live in": "lives in", "moved to": "moved to",
+    "study": "studies", "build": "builds",
+}  # fmt: skip
+NOT_NAMES = {
+    "Good",
+    "Sorry",
+    "Here",
+    "Fine",
+    "Glad",
+    "Happy",
+    "Just",
+    "So",
+    "Very",
+    "Not",
+    "The",
+    "Great",
+    "Nice",
+}
+
+
+class RulesExtractor:
+    """Self-introductions and a few plain patterns: enough for a name, a company and a topic."""
+
+    def extract(self, transcript: str, wearer: str | None = None) -> Extraction:
+        names = [
+            m.group(1)
+            for m in re.finditer(rf"\b(?:I'm|I am|my name is|this is|call me)\s+{NAME}", transcript, re.I)
+            if m.group(1).split()[0] not in NOT_NAMES and m.group(1) != wearer
+        ]
+        company = self._first(rf"\b{NAME} from {ORG}", transcript, group=2) or self._first(
+            rf"\bI (?:work|am) (?:at|for) {ORG}", transcript
+        )
+        with_company = [n for n in names if re.search(rf"{n} from ", transcript)]
+        name = (with_company or names or [None])[-1]
+        facts = [
+            f"{THIRD_PERSON[m.group(1)]} {m.group(2)}".strip()
+            for m in re.finditer(rf"\bI ({'|'.join(THIRD_PERSON)}) ([^.?!,]+)", transcript)
+        ]
+        if company:
+            facts.insert(0, f"works at {company}")
+        topics = [
+            m.group(2) for m in re.finditer(r"\b(work on|talk about|working on) ([^.?!,]+)", transcript)
+        ]
+        threads = [
+            m.group(0).strip()
+            for m in re.finditer(r"\b(?:we should|let's|let us|I'll send|next time)[^.?!]*", transcript, re.I)
+        ]
+        place = self._first(
+            r"\b(?:at|to) the ((?:[a-z]+ )?(?:gym|office|conference|cafe|bar|park|party|meetup))", transcript
+        )
+        who = " ".join(p for p in (name, f"from {company}" if company else None) if p) or "someone new"
+        summary = f"Met {who}" + (f" at the {place}" if place else "") + "."
+        if topics:
+            summary += f" Talked about {topics[0]}."
+        return Extraction(
+            name=name, company=company, place=place, facts=facts, topics=topics[:5],
+            open_threads=threads[:5], summary=summary, backend="rules",
+        )  # fmt: skip
+
+    @staticmethod
+    def _first(pattern: str, text: str, group: int = 1) -> str | None:
+        match = re.search(pattern, text)
+        return match.group(group) if match else None
+
+
+TOOL = {
+    "name": "record_person",
+    "description": "Record what this conversation says about the other person (not the wearer).",
+    "input_schema": Extraction.model_json_schema(),
+}
+
+
+class AnthropicExtractor:
+    """Claude via the ``anthropic`` SDK, forced to answer through a tool whose input is validated."""
+
+    def __init__(self, settings: ExtractSettings, fallback: Extractor | None = None) -> None:
+        import anthropic
+
+        self.settings = settings
+        self.fallback = fallback or RulesExtractor()
+        self.client = anthropic.Anthropic(
+            api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url,
+            timeout=settings.timeout_s, max_retries=settings.max_retries,
+            default_headers={"x-api-key": settings.anthropic_api_key or ""},
+        )  # fmt: skip
+
+    def extract(self, transcript: str, wearer: str | None = None) -> Extraction:
+        import anthropic
+
+        prompt = (
+            f"The wearer{f' ({wearer})' if wearer else ''} had this conversation. "
+            "Record what it says about the other person.\n\n<transcript>\n" + transcript + "\n</transcript>"
+        )
+        for attempt in range(self.settings.max_retries + 1):
+            try:
+                reply = self.client.messages.create(
+                    model=self.settings.model, max_tokens=1024, tools=[TOOL],
+                    tool_choice={"type": "tool", "name": TOOL["name"]},
+                    messages=[{"role": "user", "content": prompt}],
+                )  # fmt: skip
+                return self._parse(reply).model_copy(update={"backend": "anthropic"})
+            except (ValidationError, ValueError) as exc:
+                log.warning("anthropic answer unusable (attempt %d): %s", attempt + 1, str(exc)[:200])
+            except anthropic.APIError as exc:
+                log.warning("anthropic request failed: %s", exc)
+                break  # the SDK already retried with backoff
+        log.warning("extraction falls back to the rules backend")
+        return self.fallback.extract(transcript, wearer)
+
+    @staticmethod
+    def _parse(reply: object) -> Extraction:
+        for block in getattr(reply, "content", []):
+            if getattr(block, "type", None) == "tool_use":
+                return Extraction.model_validate(block.input)
+        text = "".join(getattr(b, "text", "") for b in getattr(reply, "content", []))
+        return Extraction.model_validate(json.loads(text))
+
+
+def build_extractor(settings: ExtractSettings) -> Extractor:
+    backend = settings.backend
+    if backend == "auto":
+        backend = "anthropic" if settings.anthropic_api_key else "rules"
+    if backend == "anthropic":
+        return AnthropicExtractor(settings)
+    if backend == "rules":
+        return RulesExtractor()
+    raise ValueError(f"unknown extraction backend {settings.backend!r}: use anthropic, rules or auto")

@@ -1,0 +1,347 @@
+"""The people the wearer meets, in Redis: faces, facts with provenance, encounters, and recall.
+
+Redis is the source of truth. Each replica keeps a numpy index of every person's views,
+brought up to date from the ``convo:persons:changes`` stream before each match, so all
+replicas match against the same people. New persons are created under a Redis lock with
+a re-match inside it, so two replicas seeing one new face create one person.
+"""
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from services.memory.extract import Extraction, Extractor, RulesExtractor
+from services.memory.settings import MatchSettings
+from shared.schemas import EMBEDDING_DIM, BadMessageError, embedding_from_bytes, embedding_to_bytes
+from shared.streams import KEY_PREFIX, MemoryKeys
+
+log = logging.getLogger(__name__)
+
+CHANGES = f"{KEY_PREFIX}:persons:changes"
+CHANGES_CAP = 100_000
+
+
+@dataclass(frozen=True)
+class Match:
+    """The answer for one face: a person, or why not."""
+
+    person_id: str | None
+    score: float
+    runner_up: float
+    outcome: str  # "match", "new", "ambiguous"
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _sid(entry_id: bytes) -> tuple[int, int]:
+    ms, seq = entry_id.split(b"-")
+    return int(ms), int(seq)
+
+
+def ago(seconds: float) -> str:
+    """'just now', '5 minutes ago', '3 days ago'."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "just now"
+
+
+class FaceIndex:
+    """Every person's views as one matrix, grouped by person, for a max-per-person cosine."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, np.ndarray] = {}
+        self._dirty = True
+        self._matrix = np.zeros((0, EMBEDDING_DIM), np.float32)
+        self._starts = np.zeros(0, np.int64)
+        self._persons: list[str] = []
+
+    def set(self, pid: str, views: np.ndarray | None) -> None:
+        if views is None or len(views) == 0:
+            self.views.pop(pid, None)
+        else:
+            self.views[pid] = views
+        self._dirty = True
+
+    def _build(self) -> None:
+        self._persons = list(self.views)
+        sizes = [len(self.views[p]) for p in self._persons]
+        self._matrix = (
+            np.concatenate([self.views[p] for p in self._persons])
+            if sizes
+            else np.zeros((0, EMBEDDING_DIM), np.float32)
+        )
+        self._starts = (
+            np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else self._starts[:0]
+        )
+        self._dirty = False
+
+    def scores(self, vector: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Each person's best cosine against ``vector``."""
+        if self._dirty:
+            self._build()
+        if not self._persons:
+            return [], np.zeros(0, np.float32)
+        return self._persons, np.maximum.reduceat(self._matrix @ vector, self._starts)
+
+
+class PersonStore:
+    """Person memory. ``process_encounter`` is the one-call entry point; the memory service
+    uses ``identify`` for faces and ``record_encounter`` for finished conversations."""
+
+    def __init__(
+        self, client: redis.Redis, settings: MatchSettings, extractor: Extractor | None = None,
+        wearer: str | None = None,
+    ) -> None:  # fmt: skip
+        self.redis = client
+        self.settings = settings
+        self.extractor = extractor or RulesExtractor()
+        self.wearer = wearer
+        self.index = FaceIndex()
+        self._seen_change = b"0-0"
+        self._loaded = False
+
+    # -- the index -----------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Bring the index up to date with Redis: only the persons changed since the last call."""
+        if not self._loaded:
+            self._load_all()
+            return
+        changes = self.redis.xrange(CHANGES, min=b"(" + self._seen_change)
+        if not changes:
+            return
+        oldest = self.redis.xrange(CHANGES, count=1)[0][0]
+        if self._seen_change != b"0-0" and _sid(oldest) > _sid(self._seen_change):
+            self._load_all()  # the changes stream was trimmed past what this replica saw
+            return
+        self._seen_change = changes[-1][0]
+        for pid in {_s(fields[b"person"]) for _, fields in changes}:
+            self.index.set(pid, self._views(pid))
+
+    def _load_all(self) -> None:
+        last = self.redis.xrevrange(CHANGES, count=1)
+        self._seen_change = last[0][0] if last else b"0-0"
+        self.index = FaceIndex()
+        for pid in self.person_ids():
+            self.index.set(pid, self._views(pid))
+        self._loaded = True
+
+    def _views(self, pid: str) -> np.ndarray | None:
+        views = self.redis.hgetall(MemoryKeys.faces(pid))
+        if not views:
+            return None
+        return np.stack([np.frombuffer(v, dtype="<f4") for _, v in sorted(views.items())])
+
+    def _changed(self, pipe: redis.client.Pipeline, pid: str) -> None:
+        pipe.xadd(CHANGES, {"person": pid}, maxlen=CHANGES_CAP, approximate=True)
+
+    # -- matching ------------------------------------------------------------------------
+
+    def match(self, vector: np.ndarray, exclude: set[str] = frozenset()) -> Match:  # type: ignore[assignment]
+        """Best person for a normed embedding: threshold, then margin over the runner-up."""
+        self.refresh()
+        persons, scores = self.index.scores(vector)
+        if exclude:
+            scores = scores.copy()
+            for i, pid in enumerate(persons):
+                if pid in exclude:
+                    scores[i] = -1.0
+        if len(scores) == 0:
+            return Match(None, 0.0, 0.0, "new")
+        order = np.argsort(-scores)[:2]
+        best = float(scores[order[0]])
+        runner_up = float(scores[order[1]]) if len(order) > 1 else 0.0
+        if best < self.settings.threshold:
+            return Match(None, best, runner_up, "new")
+        if best - runner_up < self.settings.margin:
+            return Match(None, best, runner_up, "ambiguous")
+        return Match(persons[order[0]], best, runner_up, "match")
+
+    def identify(
+        self,
+        embedding: bytes | np.ndarray,
+        frame_id: str | None = None,
+        thumb: bytes = b"",
+        t: float | None = None,
+    ) -> Match:
+        """Match a face, or make it a new person. Two faces of one frame never get the same person."""
+        vector = embedding if isinstance(embedding, np.ndarray) else embedding_from_bytes(embedding)
+        if isinstance(embedding, np.ndarray):
+            embedding_from_bytes(embedding_to_bytes(vector))  # the same checks: size, finite, normed
+        t = t if t is not None else time.time()
+        taken = MemoryKeys.frame_persons(frame_id) if frame_id else None
+        for _ in range(8):
+            exclude = {_s(p) for p in self.redis.smembers(taken)} if taken else set()
+            result = self.match(vector, exclude)
+            if result.outcome == "new":
+                result = self._create(vector, thumb, t, exclude)
+            if result.person_id is None:
+                return result
+            if taken is None or self._claim_in_frame(taken, result.person_id):
+                if result.outcome == "match":
+                    self._touch(result.person_id, vector, thumb, t)
+                return result
+        raise RuntimeError(f"could not give frame {frame_id} a person after 8 tries")
+
+    def _claim_in_frame(self, key: str, pid: str) -> bool:
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(key, pid)
+            pipe.expire(key, 3600)
+            added, _ = pipe.execute()
+        return bool(added)
+
+    def _create(self, vector: np.ndarray, thumb: bytes, t: float, exclude: set[str]) -> Match:
+        with self.redis.lock(MemoryKeys.NEW_PERSON_LOCK, timeout=10, blocking_timeout=10):
+            again = self.match(vector, exclude)  # another replica may have created them meanwhile
+            if again.outcome != "new":
+                return again
+            pid = f"p-{uuid.uuid4().hex[:12]}"
+            with self.redis.pipeline() as pipe:
+                pipe.sadd(MemoryKeys.PERSONS, pid)
+                pipe.hset(MemoryKeys.person(pid), mapping={
+                    "id": pid, "name": "", "company": "", "role": "", "first_seen": repr(t),
+                    "last_seen": repr(t), "encounters": 0, "thumb": thumb,
+                })  # fmt: skip
+                pipe.hset(MemoryKeys.faces(pid), self._view_id(t), embedding_to_bytes(vector))
+                self._changed(pipe, pid)
+                pipe.execute()
+            self.refresh()
+            log.info("person=%s outcome=new", pid)
+            return Match(pid, 1.0, again.score, "new")
+
+    @staticmethod
+    def _view_id(t: float) -> str:
+        return f"v{int(t * 1000):014d}-{uuid.uuid4().hex[:4]}"
+
+    def _touch(self, pid: str, vector: np.ndarray, thumb: bytes, t: float) -> None:
+        """A confident match: keep the view if it is a new look, and the newest thumbnail."""
+        views = self.index.views.get(pid)
+        with self.redis.pipeline() as pipe:
+            if views is None or float((views @ vector).max()) < self.settings.new_view_below:
+                pipe.hset(MemoryKeys.faces(pid), self._view_id(t), embedding_to_bytes(vector))
+                if views is not None and len(views) >= self.settings.max_views:
+                    oldest = sorted(self.redis.hkeys(MemoryKeys.faces(pid)))[
+                        : len(views) - self.settings.max_views + 1
+                    ]
+                    pipe.hdel(MemoryKeys.faces(pid), *oldest)
+                self._changed(pipe, pid)
+            if thumb:
+                pipe.hset(MemoryKeys.person(pid), "thumb", thumb)
+            pipe.execute()
+
+    # -- profiles ------------------------------------------------------------------------
+
+    def person_ids(self) -> list[str]:
+        return sorted(_s(p) for p in self.redis.smembers(MemoryKeys.PERSONS))
+
+    def profile(self, pid: str) -> dict[str, Any]:
+        """A person with their facts and encounters; ``KeyError`` if there is no such person."""
+        raw = self.redis.hgetall(MemoryKeys.person(pid))
+        if not raw:
+            raise KeyError(pid)
+        person: dict[str, Any] = {_s(k): v if k == b"thumb" else _s(v) for k, v in raw.items()}
+        person["facts"] = [json.loads(v) for v in self.redis.hvals(MemoryKeys.facts(pid))]
+        person["encounter_ids"] = [_s(e) for e in self.redis.zrange(MemoryKeys.encounters(pid), 0, -1)]
+        person["views"] = self.redis.hlen(MemoryKeys.faces(pid))
+        return person
+
+    def record_encounter(
+        self,
+        pid: str,
+        eid: str,
+        extraction: Extraction,
+        t_start: float,
+        t_end: float,
+        session: str,
+        transcript: str,
+    ) -> None:
+        """Store a finished conversation and fold what it said into the person's profile."""
+        person = self.redis.hgetall(MemoryKeys.person(pid))
+        if not person:
+            raise BadMessageError(f"encounter {eid}: no person {pid}")
+        if self.redis.zscore(MemoryKeys.encounters(pid), eid) is not None:
+            return  # recorded already (a redelivery)
+        updates: dict[str, Any] = {"last_seen": repr(max(t_end, float(person.get(b"last_seen", 0))))}
+        for field in ("name", "company", "role"):
+            value = getattr(extraction, field)
+            if value and not _s(person.get(field.encode(), b"")):
+                updates[field] = value
+        facts = {f"fact:{f.lower()}": f for f in extraction.facts} | {
+            f"topic:{x.lower()}": x for x in extraction.topics
+        }
+        with self.redis.pipeline() as pipe:
+            pipe.hset(MemoryKeys.person(pid), mapping=updates)
+            pipe.hincrby(MemoryKeys.person(pid), "encounters", 1)
+            for key, text in facts.items():
+                kind = key.split(":", 1)[0]
+                pipe.hsetnx(
+                    MemoryKeys.facts(pid),
+                    key,
+                    json.dumps({"text": text, "kind": kind, "source": eid, "t": t_end}),
+                )
+            pipe.zadd(MemoryKeys.encounters(pid), {eid: t_end})
+            record = {
+                "id": eid, "person_id": pid, "session": session, "t_start": repr(t_start),
+                "t_end": repr(t_end), "transcript": transcript, "summary": extraction.summary,
+                "place": extraction.place or "", "topics": json.dumps(extraction.topics),
+                "open_threads": json.dumps(extraction.open_threads), "backend": extraction.backend,
+            }  # fmt: skip
+            pipe.hset(MemoryKeys.encounter(eid), mapping=record)
+            pipe.execute()
+
+    def recall_summary(self, pid: str, now: float | None = None) -> str:
+        """'Sarah Chen from Stripe — last met 3 days ago at the climbing gym; talked about rate limits'."""
+        now = now if now is not None else time.time()
+        person = self.profile(pid)
+        who = person["name"] or "Unknown person"
+        if person["company"]:
+            who += f" from {person['company']}"
+        last = self.redis.zrevrange(MemoryKeys.encounters(pid), 0, 0)
+        if not last:
+            return f"{who} — first time seen"
+        enc = {_s(k): _s(v) for k, v in self.redis.hgetall(MemoryKeys.encounter(_s(last[0]))).items()}
+        text = f"{who} — last met {ago(now - float(enc['t_end']))}"
+        if enc.get("place"):
+            text += f" at the {enc['place']}"
+        topics = json.loads(enc.get("topics") or "[]")
+        if topics:
+            text += f"; talked about {topics[0]}"
+        threads = json.loads(enc.get("open_threads") or "[]")
+        if threads:
+            text += f"; open: {threads[0]}"
+        return text
+
+    def process_encounter(
+        self,
+        face_embedding: bytes | np.ndarray,
+        transcript: str,
+        t: float | None = None,
+        session: str = "direct",
+    ) -> str:
+        """See a face while hearing ``transcript``: returns what to show the wearer, then remembers it.
+
+        A known face gets the summary of what was known before this conversation; a new
+        face gets what this first conversation said.
+        """
+        if not transcript.strip():
+            raise BadMessageError("empty transcript")
+        t = t if t is not None else time.time()
+        result = self.identify(face_embedding, t=t)
+        if result.person_id is None:
+            return f"Not sure who this is (best {result.score:.2f}, runner-up {result.runner_up:.2f})"
+        known = result.outcome == "match" and self.redis.zcard(MemoryKeys.encounters(result.person_id)) > 0
+        summary = self.recall_summary(result.person_id, now=t) if known else ""
+        extraction = self.extractor.extract(transcript, self.wearer)
+        eid = f"e-{uuid.uuid4().hex[:12]}"
+        self.record_encounter(result.person_id, eid, extraction, t, t, session, transcript)
+        return summary or f"First meeting: {extraction.summary}"

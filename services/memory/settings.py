@@ -1,0 +1,61 @@
+"""Settings of the memory service (``CONVO_MEMORY__*``, ``CONVO_EXTRACT__*``)."""
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings, SettingsGroup
+
+
+class MatchSettings(SettingsGroup):
+    """How a face embedding is matched to a person.
+
+    Measured with buffalo_s (docs/ARCHITECTURE.md): the same face scores 0.94-0.98 across a
+    flip, rescale, crop or heavy JPEG; different people at most 0.33.
+    """
+
+    threshold: float = Field(0.45, gt=0, lt=1)
+    """A person matches when their best view scores at least this (cosine)."""
+    margin: float = Field(0.08, ge=0, lt=1)
+    """...and beats the runner-up person by at least this; otherwise the match is ambiguous."""
+    new_view_below: float = Field(0.9, gt=0, le=1)
+    """A matched face joins the person's views when no view scores above this (a new look)."""
+    max_views: int = Field(12, ge=1)
+    """Views kept per person; the oldest goes when a new one comes."""
+    recall_cooldown_s: float = Field(60.0, ge=0)
+    """At most one recall card per person in this time."""
+
+
+class EncounterSettings(SettingsGroup):
+    """How speech and faces of a session become one conversation."""
+
+    gap_s: float = Field(30.0, gt=0)
+    """Speech separated by less than this is one conversation; a longer pause ends it."""
+    tick_s: float = Field(2.0, gt=0)
+    """How often conversations that went quiet are closed."""
+
+
+class ExtractSettings(SettingsGroup):
+    """Who extracts names, companies and facts from a conversation."""
+
+    backend: str = "auto"
+    """``anthropic``, ``rules`` or ``auto`` (anthropic when an API key is set)."""
+    anthropic_api_key: str | None = None
+    """Key for Anthropic's API (``CONVO_EXTRACT__ANTHROPIC_API_KEY``)."""
+    anthropic_base_url: str | None = None
+    """Another endpoint for the Messages API (a proxy, or a local test server)."""
+    model: str = "claude-haiku-4-5"
+    """Anthropic model."""
+    timeout_s: float = Field(20.0, gt=0)
+    """Per request."""
+    max_retries: int = Field(2, ge=0)
+    """Retries of a failed or malformed answer before the rules backend takes over."""
+
+
+class MemorySettings(ServiceSettings):
+    """Settings of ``python -m services.memory``."""
+
+    match: MatchSettings = MatchSettings()
+    """Face matching (``CONVO_MATCH__THRESHOLD=0.5``)."""
+    encounter: EncounterSettings = EncounterSettings()
+    """Conversation assembly (``CONVO_ENCOUNTER__GAP_S=20``)."""
+    extract: ExtractSettings = ExtractSettings()
+    """Extraction backend (``CONVO_EXTRACT__BACKEND=rules``)."""
