@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from services.face.model import FacePackModel
+from services.face.settings import FaceModelSettings
 from shared.redis_server import RedisServer
 from shared.settings import ConsumerSettings, ServiceSettings
 
@@ -40,3 +42,13 @@ def artifacts() -> Path:
     path = Path(__file__).parent / "artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def face_settings(tmp_path_factory: pytest.TempPathFactory) -> FaceModelSettings:
+    return FaceModelSettings(model_root=tmp_path_factory.mktemp("insightface"))
+
+
+@pytest.fixture(scope="session")
+def face_pack(face_settings: FaceModelSettings) -> FacePackModel:
+    return FacePackModel(face_settings).load()

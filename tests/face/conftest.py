@@ -37,16 +37,6 @@ def frame(
     return FrameMessage(frame_id=frame_id, session="s", t=1.0, width=size[0], height=size[1], image=data)
 
 
-@pytest.fixture(scope="session")
-def face_settings(tmp_path_factory: pytest.TempPathFactory) -> FaceModelSettings:
-    return FaceModelSettings(model_root=tmp_path_factory.mktemp("insightface"))
-
-
-@pytest.fixture(scope="session")
-def face_pack(face_settings: FaceModelSettings) -> FacePackModel:
-    return FacePackModel(face_settings).load()
-
-
 @pytest.fixture
 def face_handler(face_settings: FaceModelSettings, face_pack: FacePackModel) -> Iterator[FaceHandler]:
     yield FaceHandler(face_settings, face_pack)

@@ -3,9 +3,10 @@ import pytest
 import redis
 
 from services.face.handler import FaceHandler
+from services.face.model import FacePackModel
 from services.memory.person_store import PersonStore
 from services.memory.settings import MatchSettings
-from tests.face.conftest import face_pack, face_settings, frame, photo  # noqa: F401  (fixtures)
+from tests.face.conftest import frame, photo
 
 
 @pytest.fixture
@@ -14,7 +15,7 @@ def store(r: redis.Redis) -> PersonStore:
 
 
 @pytest.fixture(scope="session")
-def embeddings(face_pack) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def embeddings(face_pack: FacePackModel) -> dict[str, np.ndarray]:
     """Real buffalo_s embeddings: the astronaut in three photos, and the six people of t1.jpg."""
     import cv2
 
