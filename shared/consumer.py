@@ -83,6 +83,17 @@ class BatchHandler(Protocol):
     def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]: ...
 
 
+class Ticker(Protocol):
+    """Work a stage does on a clock rather than on a message (closing conversations that went quiet).
+
+    Its outputs are written once each, keyed by their own ids, however many replicas tick.
+    """
+
+    every_s: float
+
+    def tick(self) -> Outputs: ...
+
+
 class BatchedHandler:
     """Base of handlers that do their work in ``handle_batch``; calling one handles one message."""
 
@@ -135,8 +146,11 @@ class Consumer:
         group: str,
         handlers: Mapping[type[StreamMessage], Handler],
         stop: threading.Event | None = None,
+        ticker: Ticker | None = None,
     ) -> None:
         self.redis = client
+        self.ticker = ticker
+        self._last_tick = 0.0
         self.settings = settings
         self.cfg = settings.consumer
         self.group = group
@@ -170,6 +184,7 @@ class Consumer:
                     self.ensure_groups()
                     groups_ready = True
                 self._beat()
+                self._tick()
                 batch = self._claim() or self._read(burst)
                 if batch:
                     self._process(batch)
@@ -197,6 +212,22 @@ class Consumer:
                 groups_ready = False
         log.info("consumer %s/%s stopped: %s", self.group, self.name, self.stats)
         return self.stats
+
+    def _tick(self) -> None:
+        if self.ticker is None or time.monotonic() - self._last_tick < self.ticker.every_s:
+            return
+        self._last_tick = time.monotonic()
+        try:
+            outputs = list(self.ticker.tick())
+        except redis.RedisError:
+            raise
+        except Exception:
+            log.exception("group %s tick failed; trying again in %.0fs", self.group, self.ticker.every_s)
+            return
+        if outputs:
+            work = [(done_key(self.group, f"{out.STREAM}:{out.key}"), [out]) for out in outputs]
+            written = self._commit_script(args=self._script_args(work))
+            log.info("group %s tick: %d outputs, %d new", self.group, len(outputs), sum(written))
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -385,7 +416,8 @@ class Consumer:
         fresh = [e for e in finished if not e.duplicate]
         with self.redis.pipeline(transaction=True) as pipe:
             if fresh:
-                self._commit_script(args=self._script_args(fresh), client=pipe)
+                work = [(done_key(self.group, e.msg.key), e.outputs or ()) for e in fresh]  # type: ignore[union-attr]
+                self._commit_script(args=self._script_args(work), client=pipe)
             for entry in dead:
                 pipe.xadd(
                     self.settings.streams.dlq, self._dead_letter(entry),
@@ -399,11 +431,11 @@ class Consumer:
                 entry.duplicate = not written
         self._account(finished, dead)
 
-    def _script_args(self, entries: list[_Entry]) -> list[bytes | str | int]:
-        args: list[bytes | str | int] = [self.cfg.dedupe_ttl_s, len(entries)]
-        for entry in entries:
-            outputs = entry.outputs or ()
-            args += [done_key(self.group, entry.msg.key), len(outputs)]  # type: ignore[union-attr]
+    def _script_args(self, work: list[tuple[str, Outputs]]) -> list[bytes | str | int]:
+        """Arguments of the commit script: per done key, the outputs it guards."""
+        args: list[bytes | str | int] = [self.cfg.dedupe_ttl_s, len(work)]
+        for key, outputs in work:
+            args += [key, len(outputs)]
             for out in outputs:
                 fields = out.to_fields()
                 args += [getattr(self.settings.streams, out.STREAM), self.cap_of(out.STREAM), len(fields)]

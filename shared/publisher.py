@@ -7,7 +7,7 @@ import redis
 
 from shared.schemas import StreamMessage, dead_letter, now
 from shared.settings import ServiceSettings
-from shared.streams import heartbeat_key
+from shared.streams import MemoryKeys, heartbeat_key
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ class Publisher:
         """Record input that could not be turned into messages (an unreadable file, say)."""
         log.error("source=%s ref=%s outcome=dlq error=%s", source, ref, error)
         self._xadd(self.settings.streams.dlq, dead_letter(source, ref, error, fields), self.settings.caps.dlq)
+
+    def announce_session(self, session: str) -> None:
+        """Register a capture session, so that readers can tell its entries from strays."""
+        self.redis.sadd(MemoryKeys.SESSIONS, session)
 
     def heartbeat(self, group: str, name: str) -> None:
         """Keep ``group``'s heartbeat key for this process fresh from a daemon thread (for ``--check``)."""

@@ -4,11 +4,12 @@ import logging
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import redis
 from prometheus_client import start_http_server
 
-from shared.consumer import Consumer, Handler
+from shared.consumer import Consumer, Handler, Ticker
 from shared.schemas import StreamMessage
 from shared.settings import ServiceSettings
 from shared.streams import KEY_PREFIX
@@ -45,10 +46,18 @@ def check(settings: ServiceSettings, group: str) -> int:
     return 0 if alive else 1
 
 
+@dataclass
+class Stage:
+    """What a service runs: its handlers, and optionally work on a clock."""
+
+    handlers: Mapping[type[StreamMessage], Handler]
+    ticker: Ticker | None = None
+
+
 def serve(
     settings: ServiceSettings,
     group: str,
-    handlers: Callable[[], Mapping[type[StreamMessage], Handler]],
+    build: Callable[[], Stage | Mapping[type[StreamMessage], Handler]],
     check_only: bool = False,
     burst: bool = False,
 ) -> int:
@@ -61,7 +70,10 @@ def serve(
         return check(settings, group)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
-    consumer = Consumer(connect(settings), settings, group, handlers())
+    stage = build()
+    if not isinstance(stage, Stage):
+        stage = Stage(stage)
+    consumer = Consumer(connect(settings), settings, group, stage.handlers, ticker=stage.ticker)
     log.info("%s consumer %s on %s", group, settings.consumer_name, settings.redis_url)
     consumer.run(burst=burst)
     return 0

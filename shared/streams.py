@@ -75,6 +75,8 @@ class MemoryKeys:
     """Keys of the person memory. Redis is the source of truth; replicas keep only caches."""
 
     PERSONS = f"{KEY_PREFIX}:persons"  # SET of person ids
+    SESSIONS = f"{KEY_PREFIX}:sessions"  # SET of session ids capture announced
+    OPEN_SESSIONS = f"{KEY_PREFIX}:sessions:open"  # SET of sessions with a conversation in progress
     VERSION = f"{KEY_PREFIX}:persons:version"  # INCR on every change to any face set
     NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
 

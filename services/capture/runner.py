@@ -40,6 +40,7 @@ class CaptureRunner:
         self.stop = publisher.stop
         self.session = settings.session or datetime.now().strftime("%Y%m%d-%H%M%S")
         self.handler = CaptureHandler(settings, self.session, time.time(), vad)
+        publisher.announce_session(self.session)
 
     def publish(self, messages: Sequence[StreamMessage]) -> None:
         for msg in messages:

@@ -53,6 +53,8 @@ class ExtractSettings(SettingsGroup):
 class MemorySettings(ServiceSettings):
     """Settings of ``python -m services.memory``."""
 
+    wearer_name: str | None = None
+    """The wearer's own name, so that their self-introduction is not taken for the other person's."""
     match: MatchSettings = MatchSettings()
     """Face matching (``CONVO_MATCH__THRESHOLD=0.5``)."""
     encounter: EncounterSettings = EncounterSettings()

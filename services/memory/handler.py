@@ -1,0 +1,161 @@
+"""Faces and transcripts in; recall cards and finished conversations out."""
+
+import json
+import logging
+import time
+import uuid
+
+import redis
+from prometheus_client import Counter
+
+from services.memory.extract import Extractor
+from services.memory.person_store import PersonStore, _s
+from services.memory.settings import MemorySettings
+from shared.schemas import BadMessageError, EncounterMessage, FaceMessage, RecallMessage, TranscriptMessage
+from shared.streams import MemoryKeys
+
+log = logging.getLogger(__name__)
+
+MATCHES = Counter("convo_memory_faces_total", "Faces by outcome", ["outcome"])
+ENCOUNTERS = Counter("convo_memory_encounters_total", "Conversations closed, by outcome", ["outcome"])
+
+
+class MemoryHandler:
+    """Identifies faces, assembles each session's conversation, and closes it when it goes quiet.
+
+    A session's conversation in progress lives in Redis (``MemoryKeys.open_encounter``),
+    so any replica can add to it or close it; a per-session lock keeps them in order.
+    """
+
+    def __init__(
+        self, client: redis.Redis, settings: MemorySettings, extractor: Extractor | None = None
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.store = PersonStore(client, settings.match, extractor, wearer=settings.wearer_name)
+        self.every_s = settings.encounter.tick_s
+
+    def _known_session(self, session: str) -> None:
+        if not self.redis.sismember(MemoryKeys.SESSIONS, session):
+            raise BadMessageError(f"unknown session {session!r}: no capture announced it")
+
+    # -- faces ---------------------------------------------------------------------------
+
+    def on_face(self, msg: FaceMessage) -> list[RecallMessage]:
+        vector = msg.vector()
+        self._known_session(msg.session)
+        result = self.store.identify(vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t)
+        MATCHES.labels(result.outcome).inc()
+        log.info(
+            "face=%s person=%s outcome=%s score=%.2f",
+            msg.face_id,
+            result.person_id,
+            result.outcome,
+            result.score,
+        )
+        if result.person_id is None:
+            return []
+        area = max(msg.bbox[2] - msg.bbox[0], 0) * max(msg.bbox[3] - msg.bbox[1], 0)
+        with self._session_lock(msg.session):
+            key = self._open(msg.session, msg.t)
+            self.redis.zincrby(key + ":faces", area, result.person_id)
+        if not self._card_due(result.person_id, msg.face_id):
+            return []
+        summary = self.store.recall_summary(result.person_id, now=msg.t)
+        person = self.store.profile(result.person_id)
+        return [
+            RecallMessage(
+                recall_id=msg.face_id, person_id=result.person_id, name=person["name"] or "Unknown person",
+                summary=summary, similarity=round(result.score, 4), t=msg.t,
+            )
+        ]  # fmt: skip
+
+    def _card_due(self, pid: str, face_id: str) -> bool:
+        """At most one card per person per cooldown; a redelivered face keeps its card."""
+        key = MemoryKeys.recall_cooldown(pid)
+        ttl = max(int(self.settings.match.recall_cooldown_s), 1)
+        return (
+            bool(self.redis.set(key, face_id, nx=True, ex=ttl)) or _s(self.redis.get(key) or b"") == face_id
+        )
+
+    # -- transcripts and conversations ---------------------------------------------------
+
+    def on_transcript(self, msg: TranscriptMessage) -> list[EncounterMessage]:
+        if not msg.text.strip():
+            raise BadMessageError(f"segment {msg.segment_id}: empty transcript")
+        self._known_session(msg.session)
+        out = []
+        with self._session_lock(msg.session):
+            current = self.redis.hgetall(MemoryKeys.open_encounter(msg.session))
+            if current and msg.t_start - float(current[b"t_last"]) > self.settings.encounter.gap_s:
+                out += self._close(msg.session)
+            key = self._open(msg.session, msg.t_start)
+            segment = json.dumps({"t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text})
+            self.redis.hset(key + ":segments", msg.segment_id, segment)
+            last = float(self.redis.hget(key, "t_last") or 0)
+            self.redis.hset(key, "t_last", repr(max(last, msg.t_end)))
+        return out
+
+    def tick(self) -> list[EncounterMessage]:
+        """Close every conversation quiet for longer than the gap."""
+        out = []
+        now = time.time()
+        for session in [_s(s) for s in self.redis.smembers(MemoryKeys.OPEN_SESSIONS)]:
+            t_last = self.redis.hget(MemoryKeys.open_encounter(session), "t_last")
+            if t_last is None or now - float(t_last) > self.settings.encounter.gap_s:
+                with self._session_lock(session):
+                    out += self._close(session)
+        return out
+
+    def _session_lock(self, session: str):  # type: ignore[no-untyped-def]
+        return self.redis.lock(MemoryKeys.session_lock(session), timeout=60, blocking_timeout=30)
+
+    def _open(self, session: str, t: float) -> str:
+        """The session's open conversation, started at ``t`` if there is none."""
+        key = MemoryKeys.open_encounter(session)
+        eid = f"e-{session}-{uuid.uuid4().hex[:8]}"
+        if self.redis.hsetnx(key, "id", eid):
+            self.redis.hset(key, mapping={"t_start": repr(t), "t_last": repr(t)})
+            self.redis.sadd(MemoryKeys.OPEN_SESSIONS, session)
+        return key
+
+    def _close(self, session: str) -> list[EncounterMessage]:
+        key = MemoryKeys.open_encounter(session)
+        current = {_s(k): _s(v) for k, v in self.redis.hgetall(key).items()}
+        if not current:
+            self.redis.srem(MemoryKeys.OPEN_SESSIONS, session)
+            return []
+        segments = sorted(
+            (json.loads(v) for v in self.redis.hvals(key + ":segments")), key=lambda s: s["t_start"]
+        )
+        seen = self.redis.zrevrange(key + ":faces", 0, 0)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(key, key + ":segments", key + ":faces")
+            pipe.srem(MemoryKeys.OPEN_SESSIONS, session)
+            pipe.execute()
+        if not segments or not seen:
+            outcome = "no speech" if not segments else "no face"
+            ENCOUNTERS.labels(outcome).inc()
+            log.info("encounter=%s session=%s closed without a record: %s", current["id"], session, outcome)
+            return []
+        pid = _s(seen[0])
+        transcript = " ".join(s["text"] for s in segments)
+        extraction = self.store.extractor.extract(transcript, self.store.wearer)
+        t_start, t_end = float(current["t_start"]), max(s["t_end"] for s in segments)
+        self.store.record_encounter(pid, current["id"], extraction, t_start, t_end, session, transcript)
+        self.redis.delete(MemoryKeys.recall_cooldown(pid))  # there is news: the next sighting gets a card
+        ENCOUNTERS.labels("recorded").inc()
+        log.info(
+            "encounter=%s session=%s person=%s segments=%d outcome=recorded",
+            current["id"],
+            session,
+            pid,
+            len(segments),
+        )
+        facts = [{"text": f, "kind": "fact", "source": current["id"]} for f in extraction.facts]
+        return [
+            EncounterMessage(
+                encounter_id=current["id"], session=session, person_id=pid, t_start=t_start, t_end=t_end,
+                transcript=transcript, summary=extraction.summary, facts=facts,
+            )
+        ]  # fmt: skip

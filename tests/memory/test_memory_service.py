@@ -1,0 +1,146 @@
+"""The memory stage on real Redis: faces and transcripts in, recall cards and encounters out."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import redis
+
+from services.face.handler import FaceHandler
+from services.face.model import FacePackModel
+from services.memory.handler import MemoryHandler
+from services.memory.settings import EncounterSettings, MemorySettings
+from shared.consumer import Consumer
+from shared.schemas import (
+    EncounterMessage,
+    FaceMessage,
+    RecallMessage,
+    TranscriptMessage,
+    embedding_to_bytes,
+)
+from shared.settings import ServiceSettings
+from shared.streams import MemoryKeys
+from tests.face.conftest import frame, photo
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def memory_settings(settings: ServiceSettings) -> MemorySettings:
+    return MemorySettings(
+        redis_url=settings.redis_url, consumer=settings.consumer, consumer_name="mem-test",
+        wearer_name="Alex", encounter=EncounterSettings(gap_s=5, tick_s=0.05),
+    )  # fmt: skip
+
+
+def faces_of(
+    face_pack: FacePackModel, image: np.ndarray, session: str, frame_id: str, t: float
+) -> list[FaceMessage]:
+    msg = frame(image, frame_id).model_copy(update={"session": session, "t": t})
+    return FaceHandler(face_pack.settings, face_pack)(msg)
+
+
+def line(session: str, i: int, text: str, t: float) -> TranscriptMessage:
+    return TranscriptMessage(
+        segment_id=f"{session}-a{i}", session=session, t_start=t, t_end=t + 2, text=text,
+        language="en", confidence=0.9, model="tiny.en",
+    )  # fmt: skip
+
+
+def run(r: redis.Redis, settings: MemorySettings, handler: MemoryHandler):  # type: ignore[no-untyped-def]
+    consumer = Consumer(
+        r,
+        settings,
+        "memory",
+        {FaceMessage: handler.on_face, TranscriptMessage: handler.on_transcript},
+        ticker=handler,
+    )
+    return consumer.run(burst=True)
+
+
+def test_meeting_then_recall_on_the_next_sighting(
+    r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
+) -> None:
+    handler = MemoryHandler(r, memory_settings)
+    now = time.time()
+    r.sadd(MemoryKeys.SESSIONS, "day1", "day4")
+    lines = ["Hi there, I'm Alex.", "Hi Alex, I'm Sarah Chen from Stripe.", "I work on rate limits."]
+    for i, text in enumerate(lines):
+        r.xadd("transcripts", line("day1", i, text, now - 20 + 3 * i).to_fields())
+    for face in faces_of(face_pack, photo("astronaut"), "day1", "day1-f1", now - 19):
+        r.xadd("faces", face.to_fields())
+    run(r, memory_settings, handler)
+    [(_, card)] = r.xrange("recalls")
+    assert RecallMessage.from_fields(card).name == "Unknown person"
+    time.sleep(0.1)
+    run(r, memory_settings, handler)  # the tick closes the quiet conversation
+    [(_, fields)] = r.xrange("encounters")
+    encounter = EncounterMessage.from_fields(fields)
+    assert "Sarah Chen from Stripe" in encounter.summary and encounter.session == "day1"
+    assert {"text": "works at Stripe", "kind": "fact", "source": encounter.encounter_id} in encounter.facts
+
+    for face in faces_of(face_pack, cv2.flip(photo("astronaut"), 1), "day4", "day4-f1", now):
+        r.xadd("faces", face.to_fields())
+    run(r, memory_settings, handler)
+    card = RecallMessage.from_fields(r.xrange("recalls")[-1][1])
+    assert card.person_id == encounter.person_id and card.name == "Sarah Chen"
+    assert card.summary.startswith("Sarah Chen from Stripe — last met")
+    assert "talked about rate limits" in card.summary
+
+
+def test_bad_entries_go_to_dlq_and_the_service_goes_on(
+    r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
+) -> None:
+    r.sadd(MemoryKeys.SESSIONS, "s1")
+    [good] = faces_of(face_pack, photo("astronaut"), "s1", "s1-f1", time.time())
+    bad = {
+        "wrong-dim": good.model_copy(update={"face_id": "wrong-dim", "embedding": good.embedding[:512]}),
+        "nan": good.model_copy(
+            update={"face_id": "nan", "embedding": embedding_to_bytes(np.full(512, np.nan))}
+        ),
+        "zero": good.model_copy(update={"face_id": "zero", "embedding": embedding_to_bytes(np.zeros(512))}),
+        "stranger": good.model_copy(update={"face_id": "stranger", "session": "never-announced"}),
+    }
+    for msg in bad.values():
+        r.xadd("faces", msg.to_fields())
+    r.xadd("faces", good.to_fields())
+    r.xadd("transcripts", line("s1", 0, "   ", time.time()).to_fields())
+    stats = run(r, memory_settings, MemoryHandler(r, memory_settings))
+    assert (stats.processed, stats.dead_lettered) == (1, 5)
+    errors = {
+        f[b"f.face_id"].decode() if b"f.face_id" in f else "empty": f[b"error"].decode()
+        for _, f in r.xrange("dlq")
+    }
+    assert "expected 512" in errors["wrong-dim"] and "NaN" in errors["nan"] and "not normed" in errors["zero"]
+    assert "unknown session 'never-announced'" in errors["stranger"] and "empty transcript" in errors["empty"]
+    assert r.xlen("recalls") == 1
+
+
+def test_two_replicas_seeing_one_new_face_create_one_person(
+    r: redis.Redis, settings: ServiceSettings, embeddings: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "face.npy", embeddings["astronaut"])
+    start_at = time.time() + 3
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("identify_worker.py")),
+                settings.redis_url,
+                str(tmp_path / "face.npy"),
+                str(start_at),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    answers = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert len(r.smembers(MemoryKeys.PERSONS)) == 1
+    assert answers[0] == answers[1] == r.smembers(MemoryKeys.PERSONS).pop().decode()
