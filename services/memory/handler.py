@@ -90,7 +90,9 @@ class MemoryHandler:
             if current and msg.t_start - float(current[b"t_last"]) > self.settings.encounter.gap_s:
                 out += self._close(msg.session)
             key = self._open(msg.session, msg.t_start)
-            segment = json.dumps({"t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text})
+            segment = json.dumps(
+                {"id": msg.segment_id, "t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text}
+            )
             self.redis.hset(key + ":segments", msg.segment_id, segment)
             last = float(self.redis.hget(key, "t_last") or 0)
             self.redis.hset(key, "t_last", repr(max(last, msg.t_end)))
@@ -142,7 +144,10 @@ class MemoryHandler:
         transcript = " ".join(s["text"] for s in segments)
         extraction = self.store.extractor.extract(transcript, self.store.wearer)
         t_start, t_end = float(current["t_start"]), max(s["t_end"] for s in segments)
-        self.store.record_encounter(pid, current["id"], extraction, t_start, t_end, session, transcript)
+        segment_ids = [s["id"] for s in segments]
+        self.store.record_encounter(
+            pid, current["id"], extraction, t_start, t_end, session, transcript, segment_ids
+        )
         self.redis.delete(MemoryKeys.recall_cooldown(pid))  # there is news: the next sighting gets a card
         ENCOUNTERS.labels("recorded").inc()
         log.info(

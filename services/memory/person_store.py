@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CHANGES = f"{KEY_PREFIX}:persons:changes"
 CHANGES_CAP = 100_000
+FULL_RELOAD = "*"
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,11 @@ class PersonStore:
             self._load_all()  # the changes stream was trimmed past what this replica saw
             return
         self._seen_change = changes[-1][0]
-        for pid in {_s(fields[b"person"]) for _, fields in changes}:
+        changed = {_s(fields[b"person"]) for _, fields in changes}
+        if FULL_RELOAD in changed:  # a person was forgotten: their id is not written down anywhere
+            self._load_all()
+            return
+        for pid in changed:
             self.index.set(pid, self._views(pid))
 
     def _load_all(self) -> None:
@@ -264,8 +269,12 @@ class PersonStore:
         t_end: float,
         session: str,
         transcript: str,
+        segment_ids: list[str] | None = None,
     ) -> None:
-        """Store a finished conversation and fold what it said into the person's profile."""
+        """Store a finished conversation and fold what it said into the person's profile.
+
+        ``segment_ids`` name the speech it came from, so that ``forget`` can find it.
+        """
         person = self.redis.hgetall(MemoryKeys.person(pid))
         if not person:
             raise BadMessageError(f"encounter {eid}: no person {pid}")
@@ -295,6 +304,7 @@ class PersonStore:
                 "t_end": repr(t_end), "transcript": transcript, "summary": extraction.summary,
                 "place": extraction.place or "", "topics": json.dumps(extraction.topics),
                 "open_threads": json.dumps(extraction.open_threads), "backend": extraction.backend,
+                "segments": json.dumps(segment_ids or []),
             }  # fmt: skip
             pipe.hset(MemoryKeys.encounter(eid), mapping=record)
             pipe.execute()
