@@ -5,7 +5,8 @@ import redis
 from services.face.handler import FaceHandler
 from services.face.model import FacePackModel
 from services.memory.person_store import PersonStore
-from services.memory.settings import MatchSettings
+from services.memory.settings import EncounterSettings, MatchSettings, MemorySettings
+from shared.settings import ServiceSettings
 from tests.face.conftest import frame, photo
 
 
@@ -29,3 +30,11 @@ def embeddings(face_pack: FacePackModel) -> dict[str, np.ndarray]:
     for i, face in enumerate(handler(frame(photo("t1")))):
         out[f"t1-{i}"] = face.vector()
     return out
+
+
+@pytest.fixture
+def memory_settings(settings: ServiceSettings) -> MemorySettings:
+    return MemorySettings(
+        redis_url=settings.redis_url, consumer=settings.consumer, consumer_name="mem-test",
+        wearer_name="Alex", encounter=EncounterSettings(gap_s=5, tick_s=0.05),
+    )  # fmt: skip

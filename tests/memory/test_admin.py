@@ -14,7 +14,7 @@ from services.memory.settings import MemorySettings
 from shared.schemas import AudioSegmentMessage, FrameMessage
 from shared.streams import MemoryKeys, StreamNames
 from tests.face.conftest import frame, photo
-from tests.memory.test_memory_service import faces_of, line, memory_settings, run  # noqa: F401
+from tests.memory.test_memory_service import faces_of, line, run
 
 DIM_BYTES = 512 * 4
 

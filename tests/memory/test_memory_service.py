@@ -7,13 +7,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import redis
 
 from services.face.handler import FaceHandler
 from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
-from services.memory.settings import EncounterSettings, MemorySettings
+from services.memory.settings import MemorySettings
 from shared.consumer import Consumer
 from shared.schemas import (
     EncounterMessage,
@@ -27,14 +26,6 @@ from shared.streams import MemoryKeys
 from tests.face.conftest import frame, photo
 
 REPO = Path(__file__).parents[2]
-
-
-@pytest.fixture
-def memory_settings(settings: ServiceSettings) -> MemorySettings:
-    return MemorySettings(
-        redis_url=settings.redis_url, consumer=settings.consumer, consumer_name="mem-test",
-        wearer_name="Alex", encounter=EncounterSettings(gap_s=5, tick_s=0.05),
-    )  # fmt: skip
 
 
 def faces_of(
