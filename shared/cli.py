@@ -1,5 +1,6 @@
 """``convo``: look at the streams, tail them, handle dead letters, run the local stack."""
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,8 @@ from shared.settings import ServiceSettings
 app = typer.Typer(help="Conversationalist: streams, dead letters and the local stack.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: entries that could not be handled.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+person_app = typer.Typer(help="The people memory knows: look, correct, forget.", no_args_is_help=True)
+app.add_typer(person_app, name="person")
 console = Console()
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,6 +162,70 @@ def dlq_drop(
     if letters:
         client.xdel(settings.streams.dlq, *[entry_id for entry_id, _ in letters])
     console.print(f"dropped {len(letters)} dead letters")
+
+
+def _admin():  # type: ignore[no-untyped-def]
+    from services.memory.admin import PersonAdmin
+    from services.memory.person_store import PersonStore
+    from services.memory.settings import MemorySettings
+
+    settings = MemorySettings()
+    return PersonAdmin(PersonStore(connect(settings), settings.match), settings.streams)
+
+
+@person_app.command("list")
+def person_list() -> None:
+    """Everyone, most recently seen first."""
+    table = Table(title="people")
+    for col in ("id", "name", "company", "encounters", "views", "last seen", "facts"):
+        table.add_column(col, overflow="fold")
+    for p in _admin().list():
+        last = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(p["last_seen"])))
+        facts = "; ".join(f["text"] for f in p["facts"][:3])
+        table.add_row(p["id"], p["name"] or "?", p["company"], p["encounters"], str(p["views"]), last, facts)
+    console.print(table)
+
+
+@person_app.command("show")
+def person_show(person_id: str) -> None:
+    """One person: what the overlay would say, facts with where they came from, encounters."""
+    p = _admin().show(person_id)
+    console.print(f"[bold]{p['summary']}[/]")
+    for fact in p["facts"]:
+        console.print(f"  {fact['kind']}: {fact['text']}  [dim](from {fact['source']})[/]")
+    console.print(f"  encounters: {', '.join(p['encounter_ids']) or 'none'}")
+    console.print(f"  face views: {', '.join(p['view_ids'])}")
+
+
+@person_app.command("rename")
+def person_rename(person_id: str, name: str) -> None:
+    """Set a person's name."""
+    _admin().rename(person_id, name)
+    console.print(f"{person_id} is now {name}")
+
+
+@person_app.command("merge")
+def person_merge(keep: str, drop: str) -> None:
+    """Two ids are one person: DROP's views, facts and encounters move to KEEP."""
+    _admin().merge(keep, drop)
+    console.print(f"merged {drop} into {keep}")
+
+
+@person_app.command("split")
+def person_split(person_id: str, view_id: str) -> None:
+    """Not this person: move one face view (see `convo person show`) to a new person."""
+    console.print(f"moved {view_id} to {_admin().split(person_id, view_id)}")
+
+
+@person_app.command("forget")
+def person_forget(
+    person_id: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
+) -> None:
+    """Remove a person everywhere: faces, facts, conversations and the stream entries that hold them."""
+    if not yes:
+        typer.confirm(f"Forget {person_id} everywhere? This cannot be undone.", abort=True)
+    for what, n in sorted(_admin().forget(person_id).items()):
+        console.print(f"  {what}: {n}")
 
 
 @app.command("env-example")

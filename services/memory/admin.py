@@ -31,6 +31,7 @@ class PersonAdmin:
     def show(self, pid: str) -> dict[str, Any]:
         person = self.store.profile(pid)
         person["summary"] = self.store.recall_summary(pid)
+        person["view_ids"] = sorted(_s(v) for v in self.redis.hkeys(MemoryKeys.faces(pid)))
         return person
 
     def rename(self, pid: str, name: str) -> None:

@@ -116,3 +116,30 @@ def test_forget_leaves_no_trace_of_the_person(
     assert counts["stream:encounters"] == 1
     assert [FrameMessage.from_fields(f).frame_id for _, f in r.xrange("frames")] == ["day1-f2"]
     assert replica.match(embeddings["astronaut"]).outcome == "new", "the replica forgot the face too"
+
+
+def test_person_commands_of_the_cli(
+    store: PersonStore,
+    embeddings: dict[str, np.ndarray],
+    settings,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from typer.testing import CliRunner
+
+    from shared.cli import app
+
+    monkeypatch.setenv("CONVO_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    pid = (
+        store.process_encounter(embeddings["astronaut"], "Hi, I'm Sarah Chen from Stripe.")
+        and store.person_ids()[0]
+    )
+    cli = CliRunner()
+    listing = cli.invoke(app, ["person", "list"])
+    assert listing.exit_code == 0 and pid in listing.output and "Sarah Chen" in listing.output
+    shown = cli.invoke(app, ["person", "show", pid])
+    assert "Sarah Chen from Stripe" in shown.output and "works at Stripe" in shown.output
+    assert cli.invoke(app, ["person", "rename", pid, "Sarah C."]).exit_code == 0
+    assert store.profile(pid)["name"] == "Sarah C."
+    forgot = cli.invoke(app, ["person", "forget", pid, "--yes"])
+    assert forgot.exit_code == 0 and "views: 1" in forgot.output and store.person_ids() == []
