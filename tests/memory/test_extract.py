@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -67,8 +68,8 @@ def test_anthropic_backend_speaks_the_real_protocol(katan: str) -> None:
 class Scripted(BaseHTTPRequestHandler):
     """Answers /v1/messages from a script of (status, body, delay) and records the requests."""
 
-    script: list[tuple[int, dict, float]] = []
-    seen: list[dict] = []
+    script: ClassVar[list[tuple[int, dict, float]]] = []
+    seen: ClassVar[list[dict]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
