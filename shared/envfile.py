@@ -62,6 +62,7 @@ def render_env_example(service_settings: list[type[ServiceSettings]]) -> str:
 def all_service_settings() -> list[type[ServiceSettings]]:
     from services.capture.settings import CaptureSettings
     from services.face.settings import FaceSettings
+    from services.memory.settings import MemorySettings
     from services.transcriber.settings import TranscriberSettings
 
-    return [CaptureSettings, TranscriberSettings, FaceSettings]
+    return [CaptureSettings, TranscriberSettings, FaceSettings, MemorySettings]

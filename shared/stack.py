@@ -13,7 +13,7 @@ from rich.console import Console
 
 from shared.redis_server import RedisServer
 from shared.runtime import connect
-from shared.schemas import TranscriptMessage
+from shared.schemas import EncounterMessage, RecallMessage, TranscriptMessage
 from shared.settings import ServiceSettings
 from shared.streams import KEY_PREFIX
 
@@ -48,33 +48,68 @@ def wait_for_consumers(client: redis.Redis, groups: list[str], timeout_s: float 
         time.sleep(0.5)
 
 
+class StreamFollower:
+    """Reads what is new on a few streams since it was made (plain XREAD, no group)."""
+
+    def __init__(self, client: redis.Redis, streams: list[str]) -> None:
+        self.client = client
+        self.cursors = {}
+        for stream in streams:
+            last = client.xrevrange(stream, count=1)
+            self.cursors[stream] = last[0][0] if last else b"0-0"
+
+    def new(self, block_ms: int | None = None) -> list[tuple[str, dict[bytes, bytes]]]:
+        reply = self.client.xread(self.cursors, block=block_ms) or []
+        out = []
+        for stream, entries in reply:
+            for entry_id, fields in entries:
+                self.cursors[stream.decode()] = entry_id
+                out.append((stream.decode(), fields))
+        return out
+
+
 def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
-    """Replay each demo meeting through a one-shot capture, at real-time speed, and show what comes out."""
+    """Replay each demo meeting through a one-shot capture at real-time speed, and show what
+    comes out: the transcripts, the recall cards, and each conversation once memory closes it."""
     from services.capture.demo import build
 
     client = connect(settings)
-    stream = settings.streams.transcripts
-    console.print("[bold]demo:[/] waiting for the transcriber and face services to load their models...")
-    wait_for_consumers(client, ["transcriber", "face"])
-    last = client.xrevrange(stream, count=1)
-    cursor = last[0][0] if last else b"0-0"
+    s = settings.streams
+    console.print("[bold]demo:[/] waiting for the services to load their models...")
+    wait_for_consumers(client, ["transcriber", "face", "memory"])
+    follow = StreamFollower(client, [s.transcripts, s.recalls, s.encounters])
     run = time.strftime("%Y%m%d-%H%M%S")  # ids are idempotency keys: a new run needs new ones
     for i, folder in enumerate(build(STATE / "demo"), 1):
-        console.print(f"[bold]demo:[/] playing {folder.name}")
+        console.print(f"\n[bold]demo:[/] playing {folder.name}")
         subprocess.run(
             [sys.executable, "-m", "services.capture", "--audio", str(folder / "audio.wav"),
              "--frames", str(folder / "frames"), "--realtime", "--session", f"demo-{run}-{i}"],
             env=env, check=True,
         )  # fmt: skip
-        time.sleep(3)  # the last segment is still in the transcriber
-        for entry_id, fields in client.xrange(stream, min=b"(" + cursor):
-            cursor = entry_id
-            msg = TranscriptMessage.from_fields(fields)
-            console.print(f"  [cyan]{msg.session}[/] {msg.text}")
-    faces = client.xlen(settings.streams.faces)
+        deadline = time.monotonic() + float(env.get("CONVO_ENCOUNTER__GAP_S", 30)) + 30
+        closed = False
+        while not closed and time.monotonic() < deadline:  # until memory closes the conversation
+            for stream, fields in follow.new(block_ms=1000):
+                closed |= show(stream, fields, settings)
     console.print(
-        f"[bold]demo:[/] done; {faces} faces in `{settings.streams.faces}`. `convo status` shows the groups."
+        "\n[bold]demo:[/] done. `convo person list` shows who memory knows; `convo status` the groups."
     )
+
+
+def show(stream: str, fields: dict[bytes, bytes], settings: ServiceSettings) -> bool:
+    """Print one entry of the demo's output; True for a finished conversation."""
+    s = settings.streams
+    if stream == s.transcripts:
+        msg = TranscriptMessage.from_fields(fields)
+        console.print(f"  [dim]heard:[/] {msg.text}")
+    elif stream == s.recalls:
+        card = RecallMessage.from_fields(fields)
+        console.print(f"  [bold green]overlay:[/] {card.summary}")
+    elif stream == s.encounters:
+        encounter = EncounterMessage.from_fields(fields)
+        console.print(f"  [bold]remembered:[/] {encounter.summary}")
+        return True
+    return False
 
 
 def up(demo: bool, procfile: Path) -> int:
@@ -85,6 +120,8 @@ def up(demo: bool, procfile: Path) -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if demo:
         env.setdefault("CONVO_AUDIO__SOURCE", "none")  # the demo is the audio; keep the mic out of it
+        env.setdefault("CONVO_WEARER_NAME", "Alex")  # the demo's wearer
+        env.setdefault("CONVO_ENCOUNTER__GAP_S", "8")  # its meetings are seconds apart, not hours
     honcho = Path(sys.executable).with_name("honcho")
     proc = subprocess.Popen([str(honcho), "-f", str(procfile), "-d", str(REPO), "start"], env=env)
     # A terminal's Ctrl-C reaches honcho by itself; a SIGTERM (systemd, CI) is passed on to it.

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).parents[1]
-SCALABLE = ["transcriber", "face"]
+SCALABLE = ["transcriber", "face", "memory"]
+GPU = ["transcriber", "face"]
 
 
 def compose_command() -> list[str]:
@@ -45,9 +46,11 @@ def test_every_stage_has_a_service_with_restart_healthcheck_and_redis(resolved: 
         assert (REPO / service["build"]["dockerfile"]).is_file()
 
 
-def test_scalable_services_have_gpu_and_no_fixed_name_or_port(resolved: dict) -> None:
+def test_scalable_services_have_no_fixed_name_or_port_and_gpus_are_reserved(resolved: dict) -> None:
     for name in SCALABLE:
         service = resolved["services"][name]
         assert "container_name" not in service and "ports" not in service
+    for name in GPU:
+        service = resolved["services"][name]
         [device] = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"]

@@ -5,6 +5,7 @@ Tom from a bakery. Meeting 3: Sarah again, in another photo. Each meeting is a f
 ``audio.wav`` (two voices, with pauses) and ``frames/`` (the glasses' view, 2 per second).
 """
 
+import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -91,10 +92,11 @@ def speak(voice: str, text: str) -> np.ndarray:
 
 
 def build(root: Path) -> list[Path]:
-    """Write every meeting under ``root`` (reused when already there); return their folders."""
+    """Write every meeting under ``root`` (reused while the script is unchanged); return their folders."""
+    version = hashlib.sha256(repr(MEETINGS).encode()).hexdigest()[:10]
     folders = []
     for meeting in MEETINGS:
-        folder = root / meeting.name
+        folder = root / version / meeting.name
         folders.append(folder)
         if (folder / "audio.wav").exists():
             continue

@@ -59,6 +59,7 @@ class MemoryHandler:
         with self._session_lock(msg.session):
             key = self._open(msg.session, msg.t)
             self.redis.zincrby(key + ":faces", area, result.person_id)
+            self.redis.hset(key, "t_seen", repr(time.time()))
         if not self._card_due(result.person_id, msg.face_id):
             return []
         summary = self.store.recall_summary(result.person_id, now=msg.t)
@@ -95,16 +96,22 @@ class MemoryHandler:
             )
             self.redis.hset(key + ":segments", msg.segment_id, segment)
             last = float(self.redis.hget(key, "t_last") or 0)
-            self.redis.hset(key, "t_last", repr(max(last, msg.t_end)))
+            self.redis.hset(key, mapping={"t_last": repr(max(last, msg.t_end)), "t_seen": repr(time.time())})
         return out
 
     def tick(self) -> list[EncounterMessage]:
-        """Close every conversation quiet for longer than the gap."""
+        """Close every conversation quiet for longer than the gap.
+
+        Quiet means both: no speech for ``gap_s`` (speech time), and nothing arrived for it
+        for ``gap_s`` (this machine's time), since transcripts trail the speech by the
+        transcriber's latency.
+        """
         out = []
         now = time.time()
         for session in [_s(s) for s in self.redis.smembers(MemoryKeys.OPEN_SESSIONS)]:
-            t_last = self.redis.hget(MemoryKeys.open_encounter(session), "t_last")
-            if t_last is None or now - float(t_last) > self.settings.encounter.gap_s:
+            times = self.redis.hmget(MemoryKeys.open_encounter(session), "t_last", "t_seen")
+            latest = max((float(t) for t in times if t is not None), default=0.0)
+            if now - latest > self.settings.encounter.gap_s:
                 with self._session_lock(session):
                     out += self._close(session)
         return out

@@ -47,6 +47,13 @@ def _sid(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+def _stack(views: dict[bytes, bytes]) -> np.ndarray | None:
+    """A person's views (view id -> float32 bytes) as a matrix, oldest first."""
+    if not views:
+        return None
+    return np.stack([np.frombuffer(v, dtype="<f4") for _, v in sorted(views.items())])
+
+
 def ago(seconds: float) -> str:
     """'just now', '5 minutes ago', '3 days ago'."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
@@ -92,7 +99,10 @@ class FaceIndex:
             self._build()
         if not self._persons:
             return [], np.zeros(0, np.float32)
-        return self._persons, np.maximum.reduceat(self._matrix @ vector, self._starts)
+        sims = self._matrix @ vector
+        if len(sims) == len(self._persons):  # one view each: nothing to reduce
+            return self._persons, sims
+        return self._persons, np.maximum.reduceat(sims, self._starts)
 
 
 class PersonStore:
@@ -137,15 +147,18 @@ class PersonStore:
         last = self.redis.xrevrange(CHANGES, count=1)
         self._seen_change = last[0][0] if last else b"0-0"
         self.index = FaceIndex()
-        for pid in self.person_ids():
-            self.index.set(pid, self._views(pid))
+        pids = self.person_ids()
+        for start in range(0, len(pids), 1000):  # pipelined: one round trip per thousand persons
+            chunk = pids[start : start + 1000]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for pid in chunk:
+                    pipe.hgetall(MemoryKeys.faces(pid))
+                for pid, views in zip(chunk, pipe.execute(), strict=True):
+                    self.index.set(pid, _stack(views))
         self._loaded = True
 
     def _views(self, pid: str) -> np.ndarray | None:
-        views = self.redis.hgetall(MemoryKeys.faces(pid))
-        if not views:
-            return None
-        return np.stack([np.frombuffer(v, dtype="<f4") for _, v in sorted(views.items())])
+        return _stack(self.redis.hgetall(MemoryKeys.faces(pid)))
 
     def _changed(self, pipe: redis.client.Pipeline, pid: str) -> None:
         pipe.xadd(CHANGES, {"person": pid}, maxlen=CHANGES_CAP, approximate=True)
@@ -163,7 +176,11 @@ class PersonStore:
                     scores[i] = -1.0
         if len(scores) == 0:
             return Match(None, 0.0, 0.0, "new")
-        order = np.argsort(-scores)[:2]
+        if len(scores) == 1:
+            order = np.array([0])
+        else:  # the best two in linear time; a full sort costs more than the matrix product
+            top = np.argpartition(scores, -2)[-2:]
+            order = top[np.argsort(-scores[top])]
         best = float(scores[order[0]])
         runner_up = float(scores[order[1]]) if len(order) > 1 else 0.0
         if best < self.settings.threshold:

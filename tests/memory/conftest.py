@@ -36,5 +36,5 @@ def embeddings(face_pack: FacePackModel) -> dict[str, np.ndarray]:
 def memory_settings(settings: ServiceSettings) -> MemorySettings:
     return MemorySettings(
         redis_url=settings.redis_url, consumer=settings.consumer, consumer_name="mem-test",
-        wearer_name="Alex", encounter=EncounterSettings(gap_s=5, tick_s=0.05),
+        wearer_name="Alex", encounter=EncounterSettings(gap_s=1.0, tick_s=0.05),
     )  # fmt: skip

@@ -61,13 +61,13 @@ def test_meeting_then_recall_on_the_next_sighting(
     r.sadd(MemoryKeys.SESSIONS, "day1", "day4")
     lines = ["Hi there, I'm Alex.", "Hi Alex, I'm Sarah Chen from Stripe.", "I work on rate limits."]
     for i, text in enumerate(lines):
-        r.xadd("transcripts", line("day1", i, text, now - 20 + 3 * i).to_fields())
+        r.xadd("transcripts", line("day1", i, text, now - 20 + 0.5 * i).to_fields())
     for face in faces_of(face_pack, photo("astronaut"), "day1", "day1-f1", now - 19):
         r.xadd("faces", face.to_fields())
     run(r, memory_settings, handler)
     [(_, card)] = r.xrange("recalls")
     assert RecallMessage.from_fields(card).name == "Unknown person"
-    time.sleep(0.1)
+    time.sleep(1.1)  # quiet for longer than the gap
     run(r, memory_settings, handler)  # the tick closes the quiet conversation
     [(_, fields)] = r.xrange("encounters")
     encounter = EncounterMessage.from_fields(fields)
