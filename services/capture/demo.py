@@ -35,18 +35,20 @@ MEETINGS = [
         "meeting-1-sarah",
         "sarah",
         [
-            (WEARER, "Hi there, I don't think we have met. I'm Alex."),
-            ("en-gb+f3", "Hi Alex, I'm Sarah Chen from Stripe. I work on rate limits for the payments API."),
-            (WEARER, "Nice to meet you, Sarah. Do you come to the climbing gym often?"),
-            ("en-gb+f3", "Every Tuesday. We should climb together sometime."),
+            (WEARER, "Hello, I am Alex. I do not think we have met."),
+            ("en-gb+f3", "Hi Alex, I'm Sarah Chen from Stripe."),
+            ("en-gb+f3", "I work on rate limits."),
+            (WEARER, "Do you come to the climbing gym often?"),
+            ("en-gb+f3", "Every week. We should climb together sometime."),
         ],
     ),
     Meeting(
         "meeting-2-tom",
         "tom",
         [
-            ("en-us", "Hello, my name is Tom Becker. I run a bakery in town."),
-            (WEARER, "Great to meet you, Tom. I love your sourdough."),
+            ("en-gb", "Hello, my name is Tom Baker."),
+            ("en-us", "I run a bakery in town."),
+            (WEARER, "Great to meet you, Tom."),
         ],
     ),
     Meeting(
