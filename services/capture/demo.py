@@ -36,9 +36,9 @@ MEETINGS = [
         "sarah",
         [
             (WEARER, "Hello, I am Alex. I do not think we have met."),
-            ("en-gb+f3", "Hi Alex, I'm Sarah Chen from Stripe."),
+            ("en-gb+f4", "Hi Alex. I'm Sarah Chen from Stripe."),
             ("en-gb+f3", "I work on rate limits."),
-            (WEARER, "Do you come to the climbing gym often?"),
+            (WEARER, "Is this your first time at the climbing gym?"),
             ("en-gb+f3", "Every week. We should climb together sometime."),
         ],
     ),
