@@ -72,17 +72,6 @@ class Handler(Protocol):
     def __call__(self, msg: Any, /) -> Outputs: ...
 
 
-class BatchHandler(Protocol):
-    """A handler that is faster on several messages at once (GPU batching).
-
-    It returns one result per message: its outputs, or the exception that message raised.
-    """
-
-    def __call__(self, msg: Any, /) -> Outputs: ...
-
-    def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]: ...
-
-
 class Ticker(Protocol):
     """Work a stage does on a clock rather than on a message (closing conversations that went quiet).
 
@@ -95,7 +84,12 @@ class Ticker(Protocol):
 
 
 class BatchedHandler:
-    """Base of handlers that do their work in ``handle_batch``; calling one handles one message."""
+    """Base of handlers that are faster on several messages at once (GPU batching).
+
+    ``handle_batch`` returns one result per message: its outputs, or the exception that
+    message raised. The loop gives it every waiting message of a batch; calling the handler
+    handles one message.
+    """
 
     def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]:
         raise NotImplementedError
