@@ -5,7 +5,6 @@ Two backends behind one interface: ``rules`` (offline, always there) and ``anthr
 rules backend as the fallback).
 """
 
-import json
 import logging
 import re
 from typing import Protocol
@@ -17,8 +16,8 @@ from services.memory.settings import ExtractSettings
 log = logging.getLogger(__name__)
 
 
-class Extraction(BaseModel):
-    """What was learned in one conversation."""
+class ExtractionFields(BaseModel):
+    """What was learned in one conversation: the tool's input schema for Claude."""
 
     name: str | None = Field(None, max_length=100, description="The other person's name, if said.")
     company: str | None = Field(None, max_length=100, description="Where they work, if said.")
@@ -30,6 +29,11 @@ class Extraction(BaseModel):
         default_factory=list, max_length=10, description="Plans or promises to follow up on."
     )
     summary: str = Field("", max_length=1000, description="One or two sentences about the conversation.")
+
+
+class Extraction(ExtractionFields):
+    """What was learned, and which backend learned it."""
+
     backend: str = "rules"
 
 
@@ -108,7 +112,7 @@ class RulesExtractor:
 TOOL = {
     "name": "record_person",
     "description": "Record what this conversation says about the other person (not the wearer).",
-    "input_schema": Extraction.model_json_schema(),
+    "input_schema": ExtractionFields.model_json_schema(),
 }
 
 
@@ -135,12 +139,13 @@ class AnthropicExtractor:
         )
         for attempt in range(self.settings.max_retries + 1):
             try:
-                reply = self.client.messages.create(
+                with self.client.messages.stream(
                     model=self.settings.model, max_tokens=1024, tools=[TOOL],
                     tool_choice={"type": "tool", "name": TOOL["name"]},
                     messages=[{"role": "user", "content": prompt}],
-                )  # fmt: skip
-                return self._parse(reply).model_copy(update={"backend": "anthropic"})
+                ) as stream:  # fmt: skip
+                    reply = stream.get_final_message()
+                return self._parse(reply)
             except (ValidationError, ValueError) as exc:
                 log.warning("anthropic answer unusable (attempt %d): %s", attempt + 1, str(exc)[:200])
             except anthropic.APIError as exc:
@@ -153,9 +158,9 @@ class AnthropicExtractor:
     def _parse(reply: object) -> Extraction:
         for block in getattr(reply, "content", []):
             if getattr(block, "type", None) == "tool_use":
-                return Extraction.model_validate(block.input)
-        text = "".join(getattr(b, "text", "") for b in getattr(reply, "content", []))
-        return Extraction.model_validate(json.loads(text))
+                fields = ExtractionFields.model_validate(block.input)
+                return Extraction(**fields.model_dump(), backend="anthropic")
+        raise ValueError("the answer has no record_person tool call")
 
 
 def build_extractor(settings: ExtractSettings) -> Extractor:

@@ -1,5 +1,6 @@
 """Extraction: the rules backend on real transcribed speech, and the Anthropic backend through the
-real SDK against local servers (llm-katan for the wire protocol, a scripted one for failures)."""
+real SDK, streaming, against local servers (llm-katan for the wire protocol, a scripted one for
+the failures)."""
 
 import json
 import socket
@@ -76,10 +77,11 @@ class Scripted(BaseHTTPRequestHandler):
         type(self).seen.append({"body": body, "key": self.headers.get("x-api-key")})
         status, answer, delay = type(self).script.pop(0) if type(self).script else (500, {}, 0)
         time.sleep(delay)
-        payload = json.dumps(answer).encode()
+        streamed = status == 200 and body.get("stream")
+        payload = sse(answer) if streamed else json.dumps(answer).encode()
         try:
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "text/event-stream" if streamed else "application/json")
             self.send_header("retry-after", "0")
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
@@ -100,6 +102,21 @@ def scripted() -> Iterator[tuple[str, type[Scripted]]]:
     server.shutdown()
 
 
+def sse(message: dict) -> bytes:
+    """A Messages API answer as the server-sent events of a streamed reply."""
+    block = message["content"][0]
+    partial = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+    events = [
+        {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}},
+        {"type": "content_block_start", "index": 0, "content_block": {**block, "input": {}}},
+        {"type": "content_block_delta", "index": 0, "delta": partial},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 1}},
+        {"type": "message_stop"},
+    ]
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
 def tool_answer(data: dict) -> dict:
     return {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
@@ -117,7 +134,10 @@ def test_malformed_answers_are_retried_then_the_rules_take_over(scripted) -> Non
     server.script = [(200, tool_answer({"facts": "not a list"}), 0)] * 3
     out = AnthropicExtractor(settings_for(url, max_retries=2)).extract(TRANSCRIPT)
     assert len(server.seen) == 3 and out.backend == "rules" and out.name == "Sarah Chen"
-    assert server.seen[0]["key"] == "k" and server.seen[0]["body"]["tool_choice"]["name"] == "record_person"
+    first = server.seen[0]
+    assert first["key"] == "k" and first["body"]["tool_choice"]["name"] == "record_person"
+    assert first["body"]["stream"] is True
+    assert "backend" not in first["body"]["tools"][0]["input_schema"]["properties"]
 
 
 def test_a_429_is_retried_and_then_succeeds(scripted) -> None:  # type: ignore[no-untyped-def]
