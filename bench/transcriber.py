@@ -25,7 +25,7 @@ from services.capture.model import SileroVadModel
 from services.capture.sources import chunked
 from services.transcriber.model import packaged_tiny_en
 from shared.schemas import AudioSegmentMessage
-from shared.streams import KEY_PREFIX
+from shared.streams import heartbeat_key
 from tests.speech import RATE, speech
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def pipeline(url: str, audios: list[np.ndarray], replicas: int, run: str) -> flo
         for _ in range(replicas)
     ]
     try:
-        while len(list(r.scan_iter(f"{KEY_PREFIX}:heartbeat:transcriber:*"))) < replicas:
+        while len(list(r.scan_iter(heartbeat_key("transcriber")))) < replicas:
             time.sleep(0.1)
         # Warm each replica on one segment, as raw() is warmed.
         for i in range(replicas):

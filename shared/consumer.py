@@ -306,8 +306,10 @@ class Consumer:
             for info in self.redis.xinfo_groups(stream):
                 if info["name"].decode() != self.group:
                     continue
-                if info["pending"] or info.get("lag"):
-                    self._last_claim = 0.0 if info["pending"] else self._last_claim
+                if info["pending"]:
+                    self._last_claim = 0.0  # retry-able entries wait: look for them on the next turn
+                    return False
+                if info.get("lag"):
                     return False
         return True
 

@@ -12,7 +12,7 @@ from prometheus_client import start_http_server
 from shared.consumer import Consumer, Handler, Ticker
 from shared.schemas import StreamMessage
 from shared.settings import ServiceSettings
-from shared.streams import KEY_PREFIX
+from shared.streams import heartbeat_key
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def check(settings: ServiceSettings, group: str) -> int:
     """Exit status for a container healthcheck: 0 if a consumer of ``group`` on this host is alive."""
     try:
         client = connect(settings)
-        pattern = f"{KEY_PREFIX}:heartbeat:{group}:{socket.gethostname()}-*"
+        pattern = heartbeat_key(group, f"{socket.gethostname()}-*")
         alive = next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
     except redis.RedisError as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)

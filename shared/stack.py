@@ -15,7 +15,7 @@ from shared.redis_server import RedisServer
 from shared.runtime import connect
 from shared.schemas import EncounterMessage, RecallMessage, TranscriptMessage
 from shared.settings import ServiceSettings
-from shared.streams import KEY_PREFIX
+from shared.streams import heartbeat_key
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".convo"
@@ -42,7 +42,7 @@ def wait_for_consumers(client: redis.Redis, groups: list[str], timeout_s: float 
     deadline = time.monotonic() + timeout_s
     missing = groups
     while missing:
-        missing = [g for g in groups if not next(client.scan_iter(f"{KEY_PREFIX}:heartbeat:{g}:*"), None)]
+        missing = [g for g in groups if not next(client.scan_iter(heartbeat_key(g)), None)]
         if time.monotonic() > deadline:
             raise RuntimeError(f"services did not come up: {', '.join(missing)}")
         time.sleep(0.5)

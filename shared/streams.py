@@ -66,8 +66,8 @@ def done_key(group: str, message_key: str) -> str:
     return f"{KEY_PREFIX}:done:{group}:{message_key}"
 
 
-def heartbeat_key(group: str, consumer: str) -> str:
-    """Refreshed with a TTL by each live consumer; read by ``--check``."""
+def heartbeat_key(group: str, consumer: str = "*") -> str:
+    """Refreshed with a TTL by each live consumer; read by ``--check``. ``*`` matches any consumer."""
     return f"{KEY_PREFIX}:heartbeat:{group}:{consumer}"
 
 
@@ -77,7 +77,7 @@ class MemoryKeys:
     PERSONS = f"{KEY_PREFIX}:persons"  # SET of person ids
     SESSIONS = f"{KEY_PREFIX}:sessions"  # SET of session ids capture announced
     OPEN_SESSIONS = f"{KEY_PREFIX}:sessions:open"  # SET of sessions with a conversation in progress
-    VERSION = f"{KEY_PREFIX}:persons:version"  # INCR on every change to any face set
+    CHANGES = f"{KEY_PREFIX}:persons:changes"  # STREAM: one entry per person whose views changed
     NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
 
     @staticmethod

@@ -30,7 +30,7 @@ class PersonAdmin:
 
     def show(self, pid: str) -> dict[str, Any]:
         person = self.store.profile(pid)
-        person["summary"] = self.store.recall_summary(pid)
+        person["summary"] = self.store.recall_summary(pid, person=person)
         person["view_ids"] = sorted(_s(v) for v in self.redis.hkeys(MemoryKeys.faces(pid)))
         return person
 
@@ -62,10 +62,10 @@ class PersonAdmin:
             }
             pipe.hset(MemoryKeys.person(keep), mapping=updates)
             self._delete_person_keys(pipe, drop)
-            self.store._changed(pipe, keep)
-            self.store._changed(pipe, drop)
+            self.store.mark_changed(pipe, keep)
+            self.store.mark_changed(pipe, drop)
             pipe.execute()
-        self._trim_views(keep)
+        self.store.trim_views(keep)
 
     def split(self, pid: str, view_id: str) -> str:
         """ "Not this person": move one view out of ``pid`` into a new person; returns the new id."""
@@ -84,8 +84,8 @@ class PersonAdmin:
                 "encounters": 0, "thumb": b"",
             })  # fmt: skip
             pipe.hset(MemoryKeys.faces(new), view_id, embedding)
-            self.store._changed(pipe, pid)
-            self.store._changed(pipe, new)
+            self.store.mark_changed(pipe, pid)
+            self.store.mark_changed(pipe, new)
             pipe.execute()
         return new
 
@@ -93,7 +93,7 @@ class PersonAdmin:
         """Remove a person everywhere: views, facts, encounters, and every stream entry that holds
         their id, their face or what they said. Returns what was removed, as counts."""
         person = self.store.profile(pid)
-        views = self.store._views(pid)
+        views = self.store.views(pid)
         eids = person["encounter_ids"]
         segments = {
             s
@@ -160,10 +160,3 @@ class PersonAdmin:
             MemoryKeys.encounters(pid), MemoryKeys.recall_cooldown(pid),
         )  # fmt: skip
         pipe.srem(MemoryKeys.PERSONS, pid)
-
-    def _trim_views(self, pid: str) -> None:
-        keys = sorted(self.redis.hkeys(MemoryKeys.faces(pid)))
-        extra = len(keys) - self.store.settings.max_views
-        if extra > 0:
-            self.redis.hdel(MemoryKeys.faces(pid), *keys[:extra])
-            self.redis.xadd(CHANGES, {"person": pid})

@@ -62,8 +62,8 @@ class MemoryHandler:
             self.redis.hset(key, "t_seen", repr(time.time()))
         if not self._card_due(result.person_id, msg.face_id):
             return []
-        summary = self.store.recall_summary(result.person_id, now=msg.t)
         person = self.store.profile(result.person_id)
+        summary = self.store.recall_summary(result.person_id, now=msg.t, person=person)
         return [
             RecallMessage(
                 recall_id=msg.face_id, person_id=result.person_id, name=person["name"] or "Unknown person",

@@ -19,11 +19,11 @@ import redis
 from services.memory.extract import Extraction, Extractor, RulesExtractor
 from services.memory.settings import MatchSettings
 from shared.schemas import EMBEDDING_DIM, BadMessageError, embedding_from_bytes, embedding_to_bytes
-from shared.streams import KEY_PREFIX, MemoryKeys
+from shared.streams import MemoryKeys
 
 log = logging.getLogger(__name__)
 
-CHANGES = f"{KEY_PREFIX}:persons:changes"
+CHANGES = MemoryKeys.CHANGES
 CHANGES_CAP = 100_000
 FULL_RELOAD = "*"
 
@@ -141,7 +141,7 @@ class PersonStore:
             self._load_all()
             return
         for pid in changed:
-            self.index.set(pid, self._views(pid))
+            self.index.set(pid, self.views(pid))
 
     def _load_all(self) -> None:
         last = self.redis.xrevrange(CHANGES, count=1)
@@ -157,10 +157,12 @@ class PersonStore:
                     self.index.set(pid, _stack(views))
         self._loaded = True
 
-    def _views(self, pid: str) -> np.ndarray | None:
+    def views(self, pid: str) -> np.ndarray | None:
+        """A person's stored views, oldest first; ``None`` for none."""
         return _stack(self.redis.hgetall(MemoryKeys.faces(pid)))
 
-    def _changed(self, pipe: redis.client.Pipeline, pid: str) -> None:
+    def mark_changed(self, pipe: redis.client.Pipeline, pid: str) -> None:
+        """Tell every replica (in ``pipe``) that ``pid``'s views changed."""
         pipe.xadd(CHANGES, {"person": pid}, maxlen=CHANGES_CAP, approximate=True)
 
     # -- matching ------------------------------------------------------------------------
@@ -235,7 +237,7 @@ class PersonStore:
                     "last_seen": repr(t), "encounters": 0, "thumb": thumb,
                 })  # fmt: skip
                 pipe.hset(MemoryKeys.faces(pid), self._view_id(t), embedding_to_bytes(vector))
-                self._changed(pipe, pid)
+                self.mark_changed(pipe, pid)
                 pipe.execute()
             self.refresh()
             log.info("person=%s outcome=new", pid)
@@ -248,18 +250,26 @@ class PersonStore:
     def _touch(self, pid: str, vector: np.ndarray, thumb: bytes, t: float) -> None:
         """A confident match: keep the view if it is a new look, and the newest thumbnail."""
         views = self.index.views.get(pid)
+        new_look = views is None or float((views @ vector).max()) < self.settings.new_view_below
         with self.redis.pipeline() as pipe:
-            if views is None or float((views @ vector).max()) < self.settings.new_view_below:
+            if new_look:
                 pipe.hset(MemoryKeys.faces(pid), self._view_id(t), embedding_to_bytes(vector))
-                if views is not None and len(views) >= self.settings.max_views:
-                    oldest = sorted(self.redis.hkeys(MemoryKeys.faces(pid)))[
-                        : len(views) - self.settings.max_views + 1
-                    ]
-                    pipe.hdel(MemoryKeys.faces(pid), *oldest)
-                self._changed(pipe, pid)
+                self.mark_changed(pipe, pid)
             if thumb:
                 pipe.hset(MemoryKeys.person(pid), "thumb", thumb)
             pipe.execute()
+        if new_look:
+            self.trim_views(pid)
+
+    def trim_views(self, pid: str) -> None:
+        """Keep the newest ``max_views`` views of a person."""
+        keys = sorted(self.redis.hkeys(MemoryKeys.faces(pid)))
+        extra = len(keys) - self.settings.max_views
+        if extra > 0:
+            with self.redis.pipeline() as pipe:
+                pipe.hdel(MemoryKeys.faces(pid), *keys[:extra])
+                self.mark_changed(pipe, pid)
+                pipe.execute()
 
     # -- profiles ------------------------------------------------------------------------
 
@@ -326,10 +336,13 @@ class PersonStore:
             pipe.hset(MemoryKeys.encounter(eid), mapping=record)
             pipe.execute()
 
-    def recall_summary(self, pid: str, now: float | None = None) -> str:
-        """'Sarah Chen from Stripe — last met 3 days ago at the climbing gym; talked about rate limits'."""
+    def recall_summary(self, pid: str, now: float | None = None, person: dict[str, Any] | None = None) -> str:
+        """'Sarah Chen from Stripe — last met 3 days ago at the climbing gym; talked about rate limits'.
+
+        ``person`` is the profile when the caller has it already.
+        """
         now = now if now is not None else time.time()
-        person = self.profile(pid)
+        person = person or self.profile(pid)
         who = person["name"] or "Unknown person"
         if person["company"]:
             who += f" from {person['company']}"

@@ -77,14 +77,15 @@ class TranscriberHandler(BatchedHandler):
         self, msg: AudioSegmentMessage, audio: np.ndarray, out: Transcription
     ) -> list[TranscriptMessage]:
         reason = None
+        level = dbfs(audio)
         if not words(out.text):
             reason = "empty"  # nothing at all, or only punctuation
-        elif dbfs(audio) < self.settings.silence_dbfs and words(out.text) in self.settings.hallucinations:
+        elif level < self.settings.silence_dbfs and words(out.text) in self.settings.hallucinations:
             reason = "hallucination"
         if reason:
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
             DROPPED.labels(reason).inc()
-            log.info("segment=%s dropped=%s level=%.0fdBFS", msg.segment_id, reason, dbfs(audio))
+            log.info("segment=%s dropped=%s level=%.0fdBFS", msg.segment_id, reason, level)
             return []
         return [
             TranscriptMessage(

@@ -101,7 +101,7 @@ def test_forget_leaves_no_trace_of_the_person(
     time.sleep(1.1)  # quiet for longer than the gap
     run(r, memory_settings, handler)
     [pid] = [p for p in handler.store.person_ids() if handler.store.profile(p)["name"] == "Sarah Chen"]
-    views = handler.store._views(pid)
+    views = handler.store.views(pid)
     assert views is not None and scan_for(r, pid.encode(), views), "the person is there before"
 
     replica = PersonStore(r, memory_settings.match)
