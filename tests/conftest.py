@@ -3,11 +3,15 @@
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
+from services.face.handler import FaceHandler
 from services.face.model import FacePackModel
 from services.face.settings import FaceModelSettings
+from services.memory.person_store import PersonStore
+from services.memory.settings import MatchSettings
 from shared.redis_server import RedisServer
 from shared.settings import ConsumerSettings, ServiceSettings
 
@@ -52,3 +56,27 @@ def face_settings(tmp_path_factory: pytest.TempPathFactory) -> FaceModelSettings
 @pytest.fixture(scope="session")
 def face_pack(face_settings: FaceModelSettings) -> FacePackModel:
     return FacePackModel(face_settings).load()
+
+
+@pytest.fixture
+def store(r: redis.Redis) -> PersonStore:
+    return PersonStore(r, MatchSettings(), wearer="Alex")
+
+
+@pytest.fixture(scope="session")
+def embeddings(face_pack: FacePackModel) -> dict[str, np.ndarray]:
+    """Real buffalo_s embeddings: the astronaut in three photos, and the six people of t1.jpg."""
+    import cv2
+
+    from tests.face.conftest import frame, photo
+
+    handler = FaceHandler(face_pack.settings, face_pack)
+    astronaut = photo("astronaut")
+    out = {
+        "astronaut": handler(frame(astronaut))[0].vector(),
+        "astronaut-flipped": handler(frame(cv2.flip(astronaut, 1)))[0].vector(),
+        "astronaut-small": handler(frame(cv2.resize(astronaut, None, fx=0.5, fy=0.5)))[0].vector(),
+    }
+    for i, face in enumerate(handler(frame(photo("t1")))):
+        out[f"t1-{i}"] = face.vector()
+    return out

@@ -63,11 +63,11 @@ class MemoryHandler:
         if not self._card_due(result.person_id, msg.face_id):
             return []
         person = self.store.profile(result.person_id)
-        summary = self.store.recall_summary(result.person_id, now=msg.t, person=person)
+        card = self.store.recall(result.person_id, now=msg.t, person=person)
         return [
             RecallMessage(
-                recall_id=msg.face_id, person_id=result.person_id, name=person["name"] or "Unknown person",
-                summary=summary, similarity=round(result.score, 4), t=msg.t,
+                recall_id=msg.face_id, person_id=result.person_id, similarity=round(result.score, 4),
+                t=msg.t, thumb=msg.thumb, **card,
             )
         ]  # fmt: skip
 

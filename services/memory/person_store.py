@@ -336,30 +336,43 @@ class PersonStore:
             pipe.hset(MemoryKeys.encounter(eid), mapping=record)
             pipe.execute()
 
-    def recall_summary(self, pid: str, now: float | None = None, person: dict[str, Any] | None = None) -> str:
-        """'Sarah Chen from Stripe — last met 3 days ago at the climbing gym; talked about rate limits'.
+    def recall(
+        self, pid: str, now: float | None = None, person: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What the card shows: who, from where, when and where last met, topics, open threads,
+        and ``summary``, all of it as one line:
+        'Sarah Chen from Stripe — last met 3 days ago at the climbing gym; talked about rate limits'.
 
         ``person`` is the profile when the caller has it already.
         """
         now = now if now is not None else time.time()
         person = person or self.profile(pid)
-        who = person["name"] or "Unknown person"
-        if person["company"]:
-            who += f" from {person['company']}"
+        card: dict[str, Any] = {
+            "name": person["name"] or "Unknown person", "company": person["company"], "role": person["role"],
+            "last_met": 0.0, "place": "", "topics": [], "open_threads": [], "backend": "",
+        }  # fmt: skip
+        who = card["name"] + (f" from {card['company']}" if card["company"] else "")
         last = self.redis.zrevrange(MemoryKeys.encounters(pid), 0, 0)
         if not last:
-            return f"{who} — first time seen"
+            return card | {"summary": f"{who} — first time seen"}
         enc = {_s(k): _s(v) for k, v in self.redis.hgetall(MemoryKeys.encounter(_s(last[0]))).items()}
-        text = f"{who} — last met {ago(now - float(enc['t_end']))}"
-        if enc.get("place"):
-            text += f" at the {enc['place']}"
-        topics = json.loads(enc.get("topics") or "[]")
-        if topics:
-            text += f"; talked about {topics[0]}"
-        threads = json.loads(enc.get("open_threads") or "[]")
-        if threads:
-            text += f"; open: {threads[0]}"
-        return text
+        card |= {
+            "last_met": float(enc["t_end"]), "place": enc.get("place", ""), "backend": enc.get("backend", ""),
+            "topics": json.loads(enc.get("topics") or "[]"),
+            "open_threads": json.loads(enc.get("open_threads") or "[]"),
+        }  # fmt: skip
+        text = f"{who} — last met {ago(now - card['last_met'])}"
+        if card["place"]:
+            text += f" at the {card['place']}"
+        if card["topics"]:
+            text += f"; talked about {card['topics'][0]}"
+        if card["open_threads"]:
+            text += f"; open: {card['open_threads'][0]}"
+        return card | {"summary": text}
+
+    def recall_summary(self, pid: str, now: float | None = None, person: dict[str, Any] | None = None) -> str:
+        """The card as one line of text (see :meth:`recall`)."""
+        return self.recall(pid, now, person)["summary"]
 
     def process_encounter(
         self,

@@ -1,1 +1,1 @@
-"""Overlay: the recall card page and person admin (not built yet; see docs/ARCHITECTURE.md)."""
+"""Overlay: the live recall card page, the people page and its admin API (FastAPI, SSE)."""
