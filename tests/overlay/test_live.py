@@ -134,9 +134,15 @@ def test_the_overlay_page_shows_the_card_when_a_recall_comes(
     card = store.recall(people["sarah"])  # what memory puts on the card for her now
     seen = sarah_faces[1]
     publish(r, said(1, "Hey, good to see you again!"), said(2, "How did the rate limit work go?"))
-    publish(r, RecallMessage(
-        recall_id="r-live", person_id=people["sarah"], similarity=0.95, t=time.time(), thumb=seen.thumb, **card
-    ))  # fmt: skip
+    live = RecallMessage(
+        recall_id="r-live",
+        person_id=people["sarah"],
+        similarity=0.95,
+        t=time.time(),
+        thumb=seen.thumb,
+        **card,
+    )
+    publish(r, live)
     page.wait_for_selector("#card.shown", timeout=10_000)
     assert page.text_content("#name") == "Sarah Chen"
     assert page.text_content("#org") == "engineer · Stripe"
