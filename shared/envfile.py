@@ -52,10 +52,11 @@ def render_env_example(service_settings: list[type[ServiceSettings]]) -> str:
         "## Common to every service",
         *_lines(ServiceSettings, "CONVO_", set()),
     ]
-    common = set(ServiceSettings.model_fields)
+    listed = set(ServiceSettings.model_fields)
     for cls in service_settings:
         out += ["", f"## {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else cls.__name__}"]
-        out += _lines(cls, "CONVO_", common)
+        out += _lines(cls, "CONVO_", listed)
+        listed |= set(cls.model_fields)  # a group two services share (CONVO_MATCH__*) is listed once
     return "\n".join(out) + "\n"
 
 
@@ -63,6 +64,7 @@ def all_service_settings() -> list[type[ServiceSettings]]:
     from services.capture.settings import CaptureSettings
     from services.face.settings import FaceSettings
     from services.memory.settings import MemorySettings
+    from services.overlay.settings import OverlaySettings
     from services.transcriber.settings import TranscriberSettings
 
-    return [CaptureSettings, TranscriberSettings, FaceSettings, MemorySettings]
+    return [CaptureSettings, TranscriberSettings, FaceSettings, MemorySettings, OverlaySettings]

@@ -68,6 +68,14 @@ class StreamFollower:
         return out
 
 
+def overlay_url() -> str:
+    from services.overlay.settings import OverlaySettings
+
+    web = OverlaySettings().overlay
+    host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
+    return f"http://{host}:{web.port}/"
+
+
 def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
     """Replay each demo meeting through a one-shot capture at real-time speed, and show what
     comes out: the transcripts, the recall cards, and each conversation once memory closes it."""
@@ -78,6 +86,9 @@ def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
     console.print("[bold]demo:[/] waiting for the services to load their models...")
     wait_for_consumers(client, ["transcriber", "face", "memory"])
     follow = StreamFollower(client, [s.transcripts, s.recalls, s.encounters])
+    console.print(
+        f"[bold]demo:[/] the overlay is at [link]{overlay_url()}[/link]; open it to watch the cards"
+    )
     run = time.strftime("%Y%m%d-%H%M%S")  # ids are idempotency keys: a new run needs new ones
     for i, folder in enumerate(build(STATE / "demo"), 1):
         console.print(f"\n[bold]demo:[/] playing {folder.name}")
@@ -92,7 +103,8 @@ def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
             for stream, fields in follow.new(block_ms=1000):
                 closed |= show(stream, fields, settings)
     console.print(
-        "\n[bold]demo:[/] done. `convo person list` shows who memory knows; `convo status` the groups."
+        f"\n[bold]demo:[/] done. The people page is {overlay_url()}people (its token is printed above);"
+        " `convo person list` shows the same, `convo status` the groups."
     )
 
 
@@ -124,19 +136,35 @@ def up(demo: bool, procfile: Path) -> int:
         env.setdefault("CONVO_ENCOUNTER__GAP_S", "8")  # its meetings are seconds apart, not hours
     honcho = Path(sys.executable).with_name("honcho")
     proc = subprocess.Popen([str(honcho), "-f", str(procfile), "-d", str(REPO), "start"], env=env)
-    # A terminal's Ctrl-C reaches honcho by itself; a SIGTERM (systemd, CI) is passed on to it.
-    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    asked_to_stop = False
+
+    def stop(*_: object) -> None:  # a SIGTERM (systemd, CI) is passed on to honcho
+        nonlocal asked_to_stop
+        asked_to_stop = True
+        proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         if demo:
             play_demo(settings, env)
             console.print("[bold]the stack keeps running; Ctrl-C stops it.[/]")
-        return proc.wait()
-    except (KeyboardInterrupt, subprocess.CalledProcessError):
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        asked_to_stop = True
+        try:  # a terminal's Ctrl-C reached honcho too
+            rc = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait()
+    except subprocess.CalledProcessError:
         proc.send_signal(signal.SIGTERM)
-        return proc.wait()
+        proc.wait()
+        rc = 1
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(30)
         if server:
             server.stop()
+    # honcho reports the signal it stopped on (130, 143); a stop that was asked for is a success.
+    return 0 if asked_to_stop and rc in (130, 143) else rc

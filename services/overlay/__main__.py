@@ -1,6 +1,7 @@
 """``python -m services.overlay [--check]``: the recall card page and the people page."""
 
 import logging
+import signal
 import sys
 import urllib.request
 
@@ -35,6 +36,10 @@ def main(
         log.warning("made an admin token for the people page; it is kept in Redis for the next start")
     # Printed each start, as notebook servers do: the people page link carries the token.
     print(f"overlay: {base}/\npeople:  {base}/people#token={token}", file=sys.stderr, flush=True)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the
+    # handlers it found at start; these make that a clean exit 0, as every other service gives.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     uvicorn.run(create_app(settings, client, token), host=web.host, port=web.port, log_level="warning")
 
 
