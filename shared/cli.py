@@ -170,7 +170,7 @@ def _admin():  # type: ignore[no-untyped-def]
     from services.memory.settings import MemorySettings
 
     settings = MemorySettings()
-    return PersonAdmin(PersonStore(connect(settings), settings.match), settings.streams)
+    return PersonAdmin(PersonStore(connect(settings), settings.match), settings.streams, settings.dataset)
 
 
 @person_app.command("list")
@@ -226,6 +226,52 @@ def person_forget(
         typer.confirm(f"Forget {person_id} everywhere? This cannot be undone.", abort=True)
     for what, n in sorted(_admin().forget(person_id).items()):
         console.print(f"  {what}: {n}")
+
+
+@app.command()
+def export() -> None:
+    """Write the training rows as a train/eval snapshot (JSONL, split by person) and print where."""
+    from services.trainer.dataset import Dataset
+    from services.trainer.settings import TrainerSettings
+
+    out = Dataset(TrainerSettings().dataset).export()
+    console.print(
+        f"{out.dir}: {len(out.train)} train rows, {len(out.eval)} eval rows, {len(out.persons)} persons"
+    )
+
+
+@app.command()
+def train() -> None:
+    """Run one LoRA training job now on every row there is (one job at a time)."""
+    from services.trainer.job import JobRunningError, run_job
+    from services.trainer.settings import TrainerSettings
+
+    settings = TrainerSettings()
+    try:
+        a = run_job(connect(settings), settings).adapter
+    except JobRunningError as exc:
+        console.print(str(exc))
+        raise typer.Exit(2) from None
+    console.print(
+        f"adapter v{a.version} at {a.path}: eval loss {a.eval_loss_before:.3f} -> {a.eval_loss_after:.3f}"
+    )
+
+
+@app.command()
+def adapters() -> None:
+    """Trained adapters, newest first, and whether any holds data of a forgotten person."""
+    from services.trainer.registry import AdapterRegistry
+
+    client, _ = _client()
+    table = Table(title="adapters")
+    for col in ("version", "base model", "rows", "persons", "eval loss before → after", "path", "note"):
+        table.add_column(col, overflow="fold")
+    entries = AdapterRegistry(client).list()
+    for a in entries:
+        loss = f"{float(a['eval_loss_before']):.3f} → {float(a['eval_loss_after']):.3f}"
+        note = "contains forgotten data: `convo train` retrains without it" if a["forgotten"] else ""
+        table.add_row(a["version"], a["base_model"], a["rows"], str(a["persons"]), loss, a["path"], note)
+    console.print(table)
 
 
 @app.command("env-example")

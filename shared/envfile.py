@@ -18,7 +18,7 @@ def _summary(info: FieldInfo) -> str:
 def _render(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, list | dict):
+    if isinstance(value, list | tuple | dict):
         return json.dumps(value)
     if isinstance(value, Path):
         return str(value)
@@ -65,6 +65,14 @@ def all_service_settings() -> list[type[ServiceSettings]]:
     from services.face.settings import FaceSettings
     from services.memory.settings import MemorySettings
     from services.overlay.settings import OverlaySettings
+    from services.trainer.settings import TrainerSettings
     from services.transcriber.settings import TranscriberSettings
 
-    return [CaptureSettings, TranscriberSettings, FaceSettings, MemorySettings, OverlaySettings]
+    return [
+        CaptureSettings,
+        TranscriberSettings,
+        FaceSettings,
+        MemorySettings,
+        OverlaySettings,
+        TrainerSettings,
+    ]

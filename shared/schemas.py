@@ -226,6 +226,29 @@ class EncounterMessage(StreamMessage):
     transcript: Text
     summary: Text
     facts: list[dict[str, Any]] = []
+    name: Annotated[str, Field(max_length=200)] = ""
+    company: Annotated[str, Field(max_length=200)] = ""
+    role: Annotated[str, Field(max_length=200)] = ""
+    place: Annotated[str, Field(max_length=200)] = ""
+    topics: Annotated[list[str], Field(max_length=20)] = []
+    open_threads: Annotated[list[str], Field(max_length=20)] = []
+    backend: Annotated[str, Field(max_length=50)] = ""
+    """Which extraction backend read the conversation: rules, anthropic or local."""
+
+
+class AdapterMessage(StreamMessage):
+    """A trained adapter, announced so that memory's ``local`` backend loads it."""
+
+    STREAM = "trainer_runs"
+    KEY = "version"
+
+    version: Annotated[int, Field(ge=1)]
+    base_model: Annotated[str, Field(max_length=500)]
+    path: Annotated[str, Field(max_length=4000)]
+    rows: Annotated[int, Field(ge=0)]
+    eval_loss_before: float
+    eval_loss_after: float
+    t: float
 
 
 MESSAGE_TYPES: dict[str, type[StreamMessage]] = {
@@ -237,6 +260,7 @@ MESSAGE_TYPES: dict[str, type[StreamMessage]] = {
         FaceMessage,
         RecallMessage,
         EncounterMessage,
+        AdapterMessage,
     )
 }
 """Message model by the ``StreamNames`` attribute of its stream."""

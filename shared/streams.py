@@ -28,6 +28,8 @@ class StreamNames(BaseModel):
     """Finished conversations, from memory."""
     dlq: str = "dlq"
     """Entries that could not be handled, with their error."""
+    trainer_runs: str = "trainer:runs"
+    """One entry per trained adapter, from the trainer."""
 
 
 class StreamCaps(BaseModel):
@@ -49,6 +51,8 @@ class StreamCaps(BaseModel):
     """The conversation history the trainer reads."""
     dlq: int = 10_000
     """Dead letters wait here for an operator."""
+    trainer_runs: int = 1_000
+    """Adapter announcements."""
 
 
 class Groups:
@@ -122,6 +126,19 @@ class MemoryKeys:
     @staticmethod
     def recall_cooldown(pid: str) -> str:
         return f"{KEY_PREFIX}:recall-cooldown:{pid}"
+
+
+class TrainerKeys:
+    """The adapter registry and the trainer's bookkeeping."""
+
+    ADAPTERS = f"{KEY_PREFIX}:trainer:adapters"  # ZSET adapter version by version number
+    JOB_LOCK = f"{KEY_PREFIX}:lock:trainer-job"  # held by the one training job that may run
+    NEW_ROWS = f"{KEY_PREFIX}:trainer:new-rows"  # rows added since the last job started
+
+    @staticmethod
+    def adapter(version: int) -> str:
+        """HASH: version, base_model, rows, persons, eval losses, path, t, forgotten."""
+        return f"{KEY_PREFIX}:trainer:adapter:{version}"
 
 
 ADMIN_TOKEN_KEY = f"{KEY_PREFIX}:overlay:admin-token"

@@ -17,7 +17,8 @@ def main(
     settings = MemorySettings()
 
     def build() -> Stage:
-        handler = MemoryHandler(connect(settings), settings, build_extractor(settings.extract))
+        client = connect(settings)
+        handler = MemoryHandler(client, settings, build_extractor(settings, client))
         return Stage({FaceMessage: handler.on_face, TranscriptMessage: handler.on_transcript}, ticker=handler)
 
     raise typer.Exit(serve(settings, Groups.MEMORY, build, check, burst))

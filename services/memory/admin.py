@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 
 from services.memory.person_store import CHANGES, FULL_RELOAD, PersonStore, _s
+from services.trainer.dataset import Dataset
+from services.trainer.registry import AdapterRegistry
+from services.trainer.settings import DatasetSettings
 from shared.streams import KEY_PREFIX, MemoryKeys, StreamNames
 
 log = logging.getLogger(__name__)
@@ -18,10 +21,13 @@ log = logging.getLogger(__name__)
 class PersonAdmin:
     """Operations on persons that change what memory believes. Every one keeps replicas in step."""
 
-    def __init__(self, store: PersonStore, streams: StreamNames) -> None:
+    def __init__(
+        self, store: PersonStore, streams: StreamNames, dataset: DatasetSettings | None = None
+    ) -> None:
         self.store = store
         self.redis = store.redis
         self.streams = streams
+        self.dataset = dataset or DatasetSettings()
 
     def list(self) -> list[dict[str, Any]]:
         """Every person, most recently seen first."""
@@ -90,8 +96,9 @@ class PersonAdmin:
         return new
 
     def forget(self, pid: str) -> dict[str, int]:
-        """Remove a person everywhere: views, facts, encounters, and every stream entry that holds
-        their id, their face or what they said. Returns what was removed, as counts."""
+        """Remove a person everywhere: views, facts, encounters, every stream entry that holds their
+        id, their face or what they said, and their training rows; adapters trained on them are
+        marked as holding forgotten data. Returns what was done, as counts."""
         person = self.store.profile(pid)
         views = self.store.views(pid)
         eids = person["encounter_ids"]
@@ -127,6 +134,8 @@ class PersonAdmin:
                 pipe.delete(MemoryKeys.encounter(eid))
             pipe.xadd(CHANGES, {"person": FULL_RELOAD})
             pipe.execute()
+        counts["training rows"] = Dataset(self.dataset).forget(pid)
+        counts["adapters with forgotten data"] = AdapterRegistry(self.redis).mark_forgotten(pid)
         for key in self.redis.scan_iter(f"{KEY_PREFIX}:frame:*:persons"):
             self.redis.srem(key, pid)
         for key in self.redis.scan_iter(f"{KEY_PREFIX}:session:*:open:faces"):

@@ -7,11 +7,16 @@ rules backend as the fallback).
 
 import logging
 import re
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
 from services.memory.settings import ExtractSettings
+
+if TYPE_CHECKING:
+    import redis
+
+    from services.memory.settings import MemorySettings
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +168,19 @@ class AnthropicExtractor:
         raise ValueError("the answer has no record_person tool call")
 
 
-def build_extractor(settings: ExtractSettings) -> Extractor:
-    backend = settings.backend
+def build_extractor(settings: "MemorySettings", client: "redis.Redis | None" = None) -> Extractor:
+    """The backend ``CONVO_EXTRACT__BACKEND`` names; ``local`` needs the Redis client."""
+    backend = settings.extract.backend
     if backend == "auto":
-        backend = "anthropic" if settings.anthropic_api_key else "rules"
+        backend = "anthropic" if settings.extract.anthropic_api_key else "rules"
     if backend == "anthropic":
-        return AnthropicExtractor(settings)
+        return AnthropicExtractor(settings.extract)
     if backend == "rules":
         return RulesExtractor()
-    raise ValueError(f"unknown extraction backend {settings.backend!r}: use anthropic, rules or auto")
+    if backend == "local" and client is not None:
+        from services.memory.local import LocalExtractor
+
+        return LocalExtractor(client, settings.streams, settings.lora).load()
+    raise ValueError(
+        f"unknown extraction backend {settings.extract.backend!r}: use anthropic, rules, local or auto"
+    )

@@ -169,5 +169,8 @@ class MemoryHandler:
             EncounterMessage(
                 encounter_id=current["id"], session=session, person_id=pid, t_start=t_start, t_end=t_end,
                 transcript=transcript, summary=extraction.summary, facts=facts,
+                name=extraction.name or "", company=extraction.company or "", role=extraction.role or "",
+                place=extraction.place or "", topics=extraction.topics[:20],
+                open_threads=extraction.open_threads[:20], backend=extraction.backend,
             )
         ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from pydantic import Field
 
+from services.trainer.settings import DatasetSettings, LoraSettings
 from shared.settings import ServiceSettings, SettingsGroup
 
 
@@ -37,7 +38,8 @@ class ExtractSettings(SettingsGroup):
     """Who extracts names, companies and facts from a conversation."""
 
     backend: str = "auto"
-    """``anthropic``, ``rules`` or ``auto`` (anthropic when an API key is set)."""
+    """``anthropic``, ``rules``, ``local`` (the base model plus the newest adapter), or ``auto``
+    (anthropic when an API key is set, else rules)."""
     anthropic_api_key: str | None = None
     """Key for Anthropic's API (``CONVO_EXTRACT__ANTHROPIC_API_KEY``)."""
     anthropic_base_url: str | None = None
@@ -61,3 +63,7 @@ class MemorySettings(ServiceSettings):
     """Conversation assembly (``CONVO_ENCOUNTER__GAP_S=20``)."""
     extract: ExtractSettings = ExtractSettings()
     """Extraction backend (``CONVO_EXTRACT__BACKEND=rules``)."""
+    dataset: DatasetSettings = DatasetSettings()
+    """The trainer's rows, which ``forget`` removes a person from (``CONVO_DATASET__DIR``)."""
+    lora: LoraSettings = LoraSettings()
+    """The ``local`` backend's base model (``CONVO_LORA__BASE_MODEL``), shared with the trainer."""

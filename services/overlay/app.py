@@ -157,7 +157,7 @@ def create_app(settings: OverlaySettings, client: redis.Redis, token: str) -> Fa
         description="The recall card page, its live event stream, and the people memory knows.",
     )
     store = PersonStore(client, settings.match)
-    admin = PersonAdmin(store, settings.streams)
+    admin = PersonAdmin(store, settings.streams, settings.dataset)
     streams = settings.streams
     bearer = HTTPBearer(auto_error=False)
     pages = files("services.overlay") / "static"

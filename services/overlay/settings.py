@@ -3,6 +3,7 @@
 from pydantic import Field, SecretStr
 
 from services.memory.settings import MatchSettings
+from services.trainer.settings import DatasetSettings
 from shared.settings import ServiceSettings, SettingsGroup
 
 
@@ -28,3 +29,5 @@ class OverlaySettings(ServiceSettings):
     """The web server (``CONVO_OVERLAY__PORT=8088``)."""
     match: MatchSettings = MatchSettings()
     """Face matching, shared with memory: ``forget`` uses its threshold to find a person's faces."""
+    dataset: DatasetSettings = DatasetSettings()
+    """The trainer's rows, which ``forget`` removes a person from."""

@@ -16,7 +16,7 @@ from typing import ClassVar
 import pytest
 
 from services.memory.extract import AnthropicExtractor, RulesExtractor, build_extractor
-from services.memory.settings import ExtractSettings
+from services.memory.settings import ExtractSettings, MemorySettings
 from services.transcriber.model import WhisperSpeechModel
 from services.transcriber.settings import WhisperSettings
 from shared.redis_server import free_port
@@ -58,7 +58,7 @@ def katan() -> Iterator[str]:
 
 def test_anthropic_backend_speaks_the_real_protocol(katan: str) -> None:
     settings = ExtractSettings(anthropic_api_key="test-key", anthropic_base_url=katan, model="claude-test")
-    extractor = build_extractor(settings)
+    extractor = build_extractor(MemorySettings(extract=settings))
     assert isinstance(extractor, AnthropicExtractor)
     out = extractor.extract(TRANSCRIPT)
     # The echo backend fills the tool's input from its JSON schema: proof the schema went out

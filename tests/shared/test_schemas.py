@@ -8,6 +8,7 @@ import redis
 
 from shared.schemas import (
     MESSAGE_TYPES,
+    AdapterMessage,
     AudioSegmentMessage,
     BadMessageError,
     EncounterMessage,
@@ -44,7 +45,12 @@ SAMPLES: list[StreamMessage] = [
     ),
     EncounterMessage(
         encounter_id="e1", session="day1", person_id="p1", t_start=1.0, t_end=9.0, transcript="Hi.",
-        summary="Met Sarah.", facts=[{"text": "works at Stripe", "source": "e1"}],
+        summary="Met Sarah.", facts=[{"text": "works at Stripe", "source": "e1"}], name="Sarah Chen",
+        topics=["rate limits"], backend="rules",
+    ),
+    AdapterMessage(
+        version=3, base_model="SmolLM2-135M-Instruct", path="/data/adapters/v3", rows=120,
+        eval_loss_before=2.5, eval_loss_after=1.75, t=10.0,
     ),
 ]  # fmt: skip
 
