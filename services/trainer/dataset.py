@@ -80,7 +80,7 @@ def profile_line(msg: EncounterMessage) -> str:
         parts.append(f"Talked about {', '.join(msg.topics)}.")
     facts = [f["text"] for f in msg.facts if f.get("text") and not f["text"].startswith("works at ")]
     if facts:
-        parts.append(f"They {'; '.join(facts)}.")
+        parts.append(f"Facts: {'; '.join(facts)}.")
     if msg.open_threads:
         parts.append(f"Open: {'; '.join(msg.open_threads)}.")
     return " ".join(parts)
