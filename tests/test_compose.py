@@ -9,7 +9,7 @@ import yaml
 
 REPO = Path(__file__).parents[1]
 SCALABLE = ["transcriber", "face", "memory"]
-GPU = ["transcriber", "face"]
+GPU = ["transcriber", "face", "trainer"]
 
 
 def compose_command() -> list[str]:

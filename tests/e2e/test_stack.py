@@ -14,17 +14,20 @@ from pathlib import Path
 import httpx
 import redis
 
+from services.trainer.dataset import Dataset
+from services.trainer.settings import DatasetSettings
 from shared.redis_server import RedisServer, free_port
 from shared.schemas import EncounterMessage, RecallMessage
 
 
 def test_make_run_demo_shows_sarahs_card_and_stops_cleanly(
-    r: redis.Redis, redis_server: RedisServer, artifacts: Path
+    r: redis.Redis, redis_server: RedisServer, artifacts: Path, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {
         **os.environ, "CONVO_REDIS_URL": redis_server.url, "CONVO_OVERLAY__PORT": str(port),
         "CONVO_FRAMES__HTTP_PORT": str(free_port()), "CONVO_OVERLAY__ADMIN_TOKEN": "e2e",
+        "CONVO_DATASET__DIR": str(tmp_path / "dataset"),
     }  # fmt: skip
     convo = Path(sys.executable).with_name("convo")
     started = time.time()
@@ -65,6 +68,9 @@ def test_make_run_demo_shows_sarahs_card_and_stops_cleanly(
     )
     print(f"demo through the process stack in {time.time() - started:.0f} s; frame -> card {card_s:.2f} s")
 
-    for stream in ("audio:segments", "frames", "transcripts", "faces"):
+    rows = Dataset(DatasetSettings(dir=tmp_path / "dataset")).rows()
+    assert {row.encounter_id for row in rows} == {e.encounter_id for e in encounters}, "the trainer has them"
+
+    for stream in ("audio:segments", "frames", "transcripts", "faces", "encounters"):
         for group in r.xinfo_groups(stream):
             assert group["pending"] == 0 and group["lag"] == 0, (stream, group)  # every group drained
