@@ -1,14 +1,16 @@
 """``convo``: look at the streams, tail them, handle dead letters, run the local stack."""
 
+import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import redis
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.acl import ADMIN
 from shared.runtime import connect
 from shared.schemas import MESSAGE_TYPES
 from shared.settings import ServiceSettings
@@ -20,12 +22,21 @@ person_app = typer.Typer(help="The people memory knows: look, correct, forget.",
 app.add_typer(person_app, name="person")
 console = Console()
 
+S = TypeVar("S", bound=ServiceSettings)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _login(settings: S) -> S:
+    """On the local stack's default Redis, log in with the users ``convo up`` made."""
+    local = REPO / ".convo" / "acl"
+    if settings.acl_dir is None and "CONVO_REDIS_URL" not in os.environ and (local / "admin.pass").exists():
+        return settings.model_copy(update={"acl_dir": local})
+    return settings
+
+
 def _client() -> tuple[redis.Redis, ServiceSettings]:
-    settings = ServiceSettings()
-    return connect(settings), settings
+    settings = _login(ServiceSettings())
+    return connect(settings, ADMIN), settings
 
 
 def _s(value: object) -> str:
@@ -169,8 +180,9 @@ def _admin():  # type: ignore[no-untyped-def]
     from services.memory.person_store import PersonStore
     from services.memory.settings import MemorySettings
 
-    settings = MemorySettings()
-    return PersonAdmin(PersonStore(connect(settings), settings.match), settings.streams, settings.dataset)
+    settings = _login(MemorySettings())
+    store = PersonStore(connect(settings, ADMIN), settings.match)
+    return PersonAdmin(store, settings.streams, settings.dataset)
 
 
 @person_app.command("list")
@@ -229,6 +241,50 @@ def person_forget(
 
 
 @app.command()
+def acl(
+    acl_dir: Annotated[
+        Path | None, typer.Option("--dir", help="Where to write (default: CONVO_ACL_DIR, else .convo/acl).")
+    ] = None,
+    show: Annotated[bool, typer.Option(help="Print each user's rules (no secrets).")] = False,
+) -> None:
+    """Write ``users.acl``: one Redis user per service, from the stream contracts; keeps passwords."""
+    from shared import acl as acls
+
+    settings = ServiceSettings()
+    target = acl_dir or settings.acl_dir or REPO / ".convo" / "acl"
+    path = acls.write(settings, target)
+    console.print(f"wrote {path}; passwords in {target}/<user>.pass ({', '.join([ADMIN, *acls.USERS])})")
+    if show:
+        for grant in acls.GRANTS:
+            console.print(f"[bold]{grant.user}[/]: {acls.rules(grant, settings)}", soft_wrap=True)
+
+
+@app.command()
+def gc(
+    raw_s: Annotated[
+        float | None, typer.Option(help="Retention window for raw audio and frames (default: the setting).")
+    ] = None,
+) -> None:
+    """Apply retention now: the window on raw audio and frames, the cap on every other stream.
+
+    Nothing a consumer group has not acknowledged is removed; the table says which groups held a trim back.
+    """
+    from shared.retention import gc as collect
+
+    client, settings = _client()
+    window = settings.retention.raw_s if raw_s is None else raw_s
+    table = Table(title=f"gc: raw streams older than {window:.0f} s, others to their caps")
+    for col in ("stream", "before", "removed", "after", "held back by"):
+        table.add_column(col, justify="right" if col in ("before", "removed", "after") else "left")
+    trimmed = collect(client, settings, window)
+    for t in trimmed:
+        after = t.before - t.removed
+        table.add_row(t.stream, str(t.before), str(t.removed), str(after), ", ".join(t.held_by))
+    console.print(table)
+    console.print(f"removed {sum(t.removed for t in trimmed)} entries")
+
+
+@app.command()
 def export() -> None:
     """Write the training rows as a train/eval snapshot (JSONL, split by person) and print where."""
     from services.trainer.dataset import Dataset
@@ -243,12 +299,17 @@ def export() -> None:
 @app.command()
 def train() -> None:
     """Run one LoRA training job now on every row there is (one job at a time)."""
+    run_training(ADMIN)
+
+
+def run_training(user: str) -> None:
+    """One training job as Redis user ``user``: an operator's, or the trainer service's."""
     from services.trainer.job import JobRunningError, run_job
     from services.trainer.settings import TrainerSettings
 
-    settings = TrainerSettings()
+    settings = _login(TrainerSettings())
     try:
-        a = run_job(connect(settings), settings).adapter
+        a = run_job(connect(settings, user), settings).adapter
     except JobRunningError as exc:
         console.print(str(exc))
         raise typer.Exit(2) from None

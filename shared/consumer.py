@@ -388,6 +388,7 @@ class Consumer:
                     entry.deliveries,
                     entry.error,
                     exc_info=result,
+                    extra=self._fields(entry, "retry"),
                 )
                 FAILED.labels(self.group, stream).inc()
                 self.stats.failed += 1
@@ -451,7 +452,8 @@ class Consumer:
             if entry.duplicate:
                 DUPLICATES.labels(self.group, stream).inc()
                 self.stats.duplicates += 1
-                log.info("stream=%s id=%s outcome=duplicate", stream, eid)
+                fields = self._fields(entry, "duplicate")
+                log.info("stream=%s id=%s outcome=duplicate", stream, eid, extra=fields)
             else:
                 PROCESSED.labels(self.group, stream).inc()
                 self.stats.processed += 1
@@ -461,6 +463,7 @@ class Consumer:
                     eid,
                     self._ms(entry),
                     len(entry.outputs or ()),
+                    extra=self._fields(entry, "ok", outputs=len(entry.outputs or ())),
                 )
         for entry in dead:
             DEAD.labels(self.group, entry.stream).inc()
@@ -471,7 +474,15 @@ class Consumer:
                 entry.entry_id.decode(),
                 entry.deliveries,
                 entry.error,
+                extra=self._fields(entry, "dlq", error=entry.error),
             )
+
+    def _fields(self, entry: _Entry, outcome: str, **more: object) -> dict[str, object]:
+        """The structured fields of a log line about one entry: ids and numbers, never its payload."""
+        return {
+            "group": self.group, "stream": entry.stream, "id": entry.entry_id.decode(), "outcome": outcome,
+            "deliveries": entry.deliveries, "ms": round(self._ms(entry), 1), **more,
+        }  # fmt: skip
 
     @staticmethod
     def _ms(entry: _Entry) -> float:

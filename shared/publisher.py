@@ -7,7 +7,7 @@ import redis
 
 from shared.schemas import StreamMessage, dead_letter, now
 from shared.settings import ServiceSettings
-from shared.streams import MemoryKeys, heartbeat_key
+from shared.streams import NEVER_TRIMMED_ON_WRITE, MemoryKeys, heartbeat_key
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class Publisher:
     def publish(self, msg: StreamMessage) -> str | None:
         """Append ``msg``; retries with backoff while Redis is away. ``None`` only if stopped meanwhile."""
         stream = getattr(self.settings.streams, msg.STREAM)
-        cap = getattr(self.settings.caps, msg.STREAM)
+        cap = None if msg.STREAM in NEVER_TRIMMED_ON_WRITE else getattr(self.settings.caps, msg.STREAM)
         return self._xadd(stream, msg.to_fields(), cap)
 
     def dead_letter(self, source: str, ref: str, error: str, **fields: str) -> None:
@@ -51,11 +51,11 @@ class Publisher:
 
         threading.Thread(target=beat, daemon=True, name="heartbeat").start()
 
-    def _xadd(self, stream: str, fields: dict, cap: int) -> str | None:
+    def _xadd(self, stream: str, fields: dict, cap: int | None) -> str | None:
         backoff = 0.1
         while True:
             try:
-                return self.redis.xadd(stream, fields, maxlen=cap, approximate=True).decode()
+                return self.redis.xadd(stream, fields, maxlen=cap, approximate=cap is not None).decode()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning(
                     "redis unavailable (%s); holding the entry for %s, retry in %.1fs", exc, stream, backoff

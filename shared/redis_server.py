@@ -8,8 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
+
+from shared.acl import ADMIN, password
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,26 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` child process on 127.0.0.1, with AOF persistence in ``data_dir``."""
+    """A ``redis-server`` child process on 127.0.0.1, with AOF persistence in ``data_dir``.
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    ``fsync="always"`` makes every acknowledged write durable before Redis answers: a
+    SIGKILL loses nothing the services were told had been written. With ``acl_dir`` (made by
+    :func:`shared.acl.write`) it loads that ``users.acl`` and the default user is off.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        fsync: str = "always",
+        acl_dir: Path | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.fsync = fsync
+        self.acl_dir = acl_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,13 +79,15 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.fsync,
             "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
+        if self.acl_dir is not None:
+            args += ["--aclfile", str(Path(self.acl_dir).resolve() / "users.acl")]
         # Its own session: a Ctrl-C meant for the services must not stop Redis under them.
         self.proc = subprocess.Popen(args, start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.client(socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -81,6 +100,19 @@ class RedisServer:
                 time.sleep(0.05)
             finally:
                 client.close()
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client on this server; the ``admin`` user's when ACLs are on."""
+        if self.acl_dir is not None:
+            kwargs |= {"username": ADMIN, "password": password(self.acl_dir, ADMIN)}
+        return redis.Redis(port=self.port, **kwargs)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: no shutdown, no final AOF flush."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import start_http_server
 
+from shared import acl
 from shared.consumer import Consumer, Handler, Ticker
+from shared.logs import configure_logging
 from shared.schemas import StreamMessage
 from shared.settings import ServiceSettings
 from shared.streams import heartbeat_key
@@ -17,26 +19,28 @@ from shared.streams import heartbeat_key
 log = logging.getLogger(__name__)
 
 
-def connect(settings: ServiceSettings) -> redis.Redis:
-    """A client for binary entries, with keepalive so a dead server is noticed."""
+def credentials(settings: ServiceSettings, user: str) -> dict[str, str]:
+    """``username``/``password`` for ``user`` when ACLs are on (``acl_dir`` set); none otherwise."""
+    if settings.acl_dir is None:
+        return {}
+    return {"username": user, "password": acl.password(settings.acl_dir, user)}
+
+
+def connect(settings: ServiceSettings, user: str) -> redis.Redis:
+    """A client for binary entries as ``user``, with keepalive so a dead server is noticed."""
     return redis.Redis.from_url(
         settings.redis_url,
         socket_keepalive=True,
         socket_connect_timeout=5,
         health_check_interval=15,
-    )
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+        **credentials(settings, user),
     )
 
 
 def check(settings: ServiceSettings, group: str) -> int:
     """Exit status for a container healthcheck: 0 if a consumer of ``group`` on this host is alive."""
     try:
-        client = connect(settings)
+        client = connect(settings, group)  # each group's service logs in as the user of that name
         pattern = heartbeat_key(group, f"{socket.gethostname()}-*")
         alive = next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
     except redis.RedisError as exc:
@@ -65,7 +69,7 @@ def serve(
 
     Runs until SIGTERM, or with ``burst`` until the group is drained.
     """
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if check_only:
         return check(settings, group)
     if settings.metrics_port:
@@ -73,7 +77,7 @@ def serve(
     stage = build()
     if not isinstance(stage, Stage):
         stage = Stage(stage)
-    consumer = Consumer(connect(settings), settings, group, stage.handlers, ticker=stage.ticker)
+    consumer = Consumer(connect(settings, group), settings, group, stage.handlers, ticker=stage.ticker)
     log.info("%s consumer %s on %s", group, settings.consumer_name, settings.redis_url)
     consumer.run(burst=burst)
     return 0

@@ -2,6 +2,8 @@
 
 import os
 import socket
+from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +42,15 @@ class ConsumerSettings(SettingsGroup):
     """Upper bound of the exponential wait between reconnect attempts."""
 
 
+class RetentionSettings(SettingsGroup):
+    """How long raw audio and frames are kept (``CONVO_RETENTION__RAW_S=...``)."""
+
+    raw_s: float = Field(3600.0, ge=0)
+    """Raw audio segments and camera frames older than this are deleted once every group has acked them."""
+    every_s: float = Field(60.0, gt=0)
+    """How often capture applies the window to the streams it writes."""
+
+
 class ServiceSettings(BaseSettings):
     """Settings common to every service, read from ``CONVO_*`` environment variables and ``.env``."""
 
@@ -53,10 +64,15 @@ class ServiceSettings(BaseSettings):
 
     redis_url: str = DEFAULT_REDIS_URL
     """Redis holding the streams. The default is the local stack's own server (``convo up``)."""
+    acl_dir: Path | None = None
+    """Where ``convo acl`` keeps ``users.acl`` and one password per user. When set, each service
+    logs in to Redis as its own user (docs/ARCHITECTURE.md, "Least privilege")."""
     streams: StreamNames = StreamNames()
     """Stream names (``CONVO_STREAMS__TRANSCRIPTS=...``)."""
     caps: StreamCaps = StreamCaps()
     """Approximate MAXLEN per stream (``CONVO_CAPS__FRAMES=...``)."""
+    retention: RetentionSettings = RetentionSettings()
+    """How long raw audio and frames are kept (``CONVO_RETENTION__RAW_S=...``); ``convo gc``."""
     consumer: ConsumerSettings = ConsumerSettings()
     """The consumer loop's batch, retry and reclaim settings (``CONVO_CONSUMER__MAX_DELIVERIES=...``)."""
     consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -65,3 +81,5 @@ class ServiceSettings(BaseSettings):
     """Serve Prometheus metrics on this port; none when unset."""
     log_level: str = "INFO"
     """Python logging level."""
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one object per line with the ids it is about (never payloads); ``text`` for a terminal."""

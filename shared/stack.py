@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 from rich.console import Console
 
+from shared import acl
 from shared.redis_server import RedisServer
 from shared.runtime import connect
 from shared.schemas import EncounterMessage, RecallMessage, TranscriptMessage
@@ -22,19 +23,29 @@ STATE = REPO / ".convo"
 console = Console()
 
 
-def ensure_redis(settings: ServiceSettings) -> RedisServer | None:
-    """Use ``CONVO_REDIS_URL`` when set; otherwise start a private server on the default URL's port."""
+def ensure_redis(settings: ServiceSettings) -> tuple[RedisServer | None, Path | None]:
+    """Use ``CONVO_REDIS_URL`` when set; otherwise start a private server on the default URL's port,
+    with one ACL user per service. Returns the server it started and the ACL directory to log in with."""
     if "CONVO_REDIS_URL" in os.environ:
-        return None
-    try:
-        connect(settings).ping()
-        console.print(f"using the Redis already running on {settings.redis_url}")
-        return None
-    except redis.ConnectionError:
-        port = redis.connection.parse_url(settings.redis_url).get("port", 6380)
-        server = RedisServer(STATE / "redis", port=port).start()
-        console.print(f"started redis-server on {server.url} (data in .convo/redis)")
-        return server
+        return None, settings.acl_dir
+    acl_dir = settings.acl_dir or STATE / "acl"
+    acl.write(settings, acl_dir)
+    for login in (acl_dir, None):  # our own server from an earlier run, or someone else's
+        try:
+            connect(settings.model_copy(update={"acl_dir": login}), acl.ADMIN).ping()
+            console.print(f"using the Redis already running on {settings.redis_url}")
+            return None, login
+        except redis.AuthenticationError:
+            continue
+        except redis.ConnectionError:
+            break
+    port = redis.connection.parse_url(settings.redis_url).get("port", 6380)
+    server = RedisServer(STATE / "redis", port=port, acl_dir=acl_dir).start()
+    console.print(
+        f"started redis-server on {server.url} (data in .convo/redis; one user per service, "
+        f"`redis-cli -p {port} --user admin --pass $(cat {acl_dir}/admin.pass)` to look inside)"
+    )
+    return server, acl_dir
 
 
 def wait_for_consumers(client: redis.Redis, groups: list[str], timeout_s: float = 300) -> None:
@@ -81,7 +92,7 @@ def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
     comes out: the transcripts, the recall cards, and each conversation once memory closes it."""
     from services.capture.demo import build
 
-    client = connect(settings)
+    client = connect(settings, acl.ADMIN)
     s = settings.streams
     console.print("[bold]demo:[/] waiting for the services to load their models...")
     wait_for_consumers(client, ["transcriber", "face", "memory"])
@@ -127,8 +138,11 @@ def show(stream: str, fields: dict[bytes, bytes], settings: ServiceSettings) -> 
 def up(demo: bool, procfile: Path) -> int:
     """Run the stack until Ctrl-C; with ``demo``, play the demo conversation once it is up."""
     settings = ServiceSettings()
-    server = ensure_redis(settings)
+    server, acl_dir = ensure_redis(settings)
     env = {**os.environ, "CONVO_REDIS_URL": settings.redis_url}
+    if acl_dir is not None:
+        env["CONVO_ACL_DIR"] = str(acl_dir)
+        settings = settings.model_copy(update={"acl_dir": acl_dir})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if demo:
         env.setdefault("CONVO_AUDIO__SOURCE", "none")  # the demo is the audio; keep the mic out of it

@@ -38,9 +38,11 @@ class StreamCaps(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     audio_segments: int = 5_000
-    """Segments carry raw PCM (about 32 KB per second of speech)."""
+    """Segments carry raw PCM (about 32 KB per second of speech). Not applied on write: speech is
+    never trimmed before every group has acknowledged it; retention and ``convo gc`` apply it."""
     frames: int = 5_000
-    """Frames carry JPEGs (about 50 KB each at 640x480)."""
+    """Frames carry JPEGs (about 50 KB each at 640x480). Capture's backpressure keeps the unread
+    part far below this."""
     transcripts: int = 100_000
     """Text only."""
     faces: int = 100_000
@@ -53,6 +55,10 @@ class StreamCaps(BaseModel):
     """Dead letters wait here for an operator."""
     trainer_runs: int = 1_000
     """Adapter announcements."""
+
+
+NEVER_TRIMMED_ON_WRITE = frozenset({"audio_segments"})
+"""Streams written without MAXLEN: dropping speech silently is never acceptable."""
 
 
 class Groups:

@@ -54,3 +54,23 @@ def test_scalable_services_have_no_fixed_name_or_port_and_gpus_are_reserved(reso
         service = resolved["services"][name]
         [device] = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"]
+
+
+def test_every_service_logs_in_as_its_own_acl_user(resolved: dict) -> None:
+    from shared.acl import USERS
+
+    services = resolved["services"]
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--aclfile") + 1] == "/acl/users.acl"
+    assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "always"
+    assert services["acl"]["command"][:2] == ["convo", "acl"]
+    assert services["redis"]["depends_on"]["acl"]["condition"] == "service_completed_successfully"
+    procfile = [line.split(":")[0] for line in (REPO / "Procfile").read_text().splitlines() if line.strip()]
+    assert set(procfile) <= set(USERS), "users.acl has a user for every service"
+    for name in procfile:
+        service = services[name]
+        assert service["environment"]["CONVO_ACL_DIR"] == "/acl"
+        assert any(
+            str(v).startswith("acl:/acl") or (isinstance(v, dict) and v.get("source") == "acl")
+            for v in service["volumes"]
+        ), name

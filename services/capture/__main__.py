@@ -9,9 +9,10 @@ import typer
 from services.capture.runner import CaptureRunner
 from services.capture.settings import CaptureSettings
 from services.capture.sources import SourceError, list_mics
+from shared.logs import configure_logging
 from shared.publisher import Publisher
 from shared.runtime import check as health_check
-from shared.runtime import configure_logging, connect
+from shared.runtime import connect
 
 app = typer.Typer(add_completion=False)
 
@@ -36,7 +37,7 @@ def main(
         settings.frames = settings.frames.model_copy(update={"source": frames})
     if session is not None:
         settings.session = session
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if devices:
         print("\n".join(list_mics()) or "no input devices")
         raise typer.Exit(0)
@@ -45,7 +46,7 @@ def main(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    client = connect(settings)
+    client = connect(settings, "capture")
     publisher = Publisher(client, settings, stop)
     publisher.heartbeat("capture", settings.consumer_name)
     try:

@@ -84,13 +84,14 @@ class FrameGate:
         )
         if not during:
             self.latest = shot
-            return self._drop("silence")
+            return self.drop("silence")
         if self.edge or t - self.last_sent >= 1.0 / self.settings.max_fps:
             self.edge, self.last_sent = False, t
             return True
-        return self._drop("rate")
+        return self.drop("rate")
 
-    def _drop(self, reason: str) -> bool:
+    def drop(self, reason: str) -> bool:
+        """Count a frame not forwarded, by reason (``silence``, ``rate``, ``backpressure``)."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         FRAMES_DROPPED.labels(reason).inc()
         return False

@@ -18,7 +18,8 @@ class IngestResult(BaseModel):
     """What became of a posted frame."""
 
     forwarded: bool
-    """True if the frame went to the ``frames`` stream; false if the gate dropped it (no speech, rate cap)."""
+    """True if the frame went to the ``frames`` stream; false if it was dropped:
+    no speech, the rate cap, or backpressure while the face stage lags."""
     frame_id: str | None = None
     """The id of the forwarded frame."""
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import redis
 
 from services.capture.handler import CaptureHandler
 from services.capture.model import SileroVadModel
@@ -24,9 +25,42 @@ from services.capture.sources import (
     video_frames,
 )
 from shared.publisher import Publisher
-from shared.schemas import BadMessageError, FrameMessage, StreamMessage
+from shared.retention import apply_window
+from shared.schemas import AudioSegmentMessage, BadMessageError, FrameMessage, StreamMessage
 
 log = logging.getLogger(__name__)
+
+
+class Backlog:
+    """How many entries of a stream its slowest group has not finished (unread plus unacked).
+
+    Read from XINFO GROUPS at most every ``every_s``: a frame at 30 fps must not cost a round trip.
+    No group yet means no reader to protect, so nothing is held back.
+    """
+
+    def __init__(self, client: redis.Redis, stream: str, every_s: float = 0.2) -> None:
+        self.client, self.stream, self.every_s = client, stream, every_s
+        self._at, self._value = float("-inf"), 0
+
+    def __call__(self) -> int:
+        if time.monotonic() - self._at >= self.every_s:
+            self._at = time.monotonic()
+            try:
+                groups = self.client.xinfo_groups(self.stream)
+            except redis.ResponseError:  # no such stream yet
+                groups = []
+            except redis.RedisError:
+                return self._value  # the publisher waits out the outage
+            length = None
+            values = []
+            for g in groups:
+                lag = g.get("lag")
+                if lag is None:  # Redis cannot tell after deletions in range: count the whole stream
+                    length = self.client.xlen(self.stream) if length is None else length
+                    lag = length
+                values.append(lag + g["pending"])
+            self._value = max(values, default=0)
+        return self._value
 
 
 class CaptureRunner:
@@ -40,17 +74,65 @@ class CaptureRunner:
         self.stop = publisher.stop
         self.session = settings.session or datetime.now().strftime("%Y%m%d-%H%M%S")
         self.handler = CaptureHandler(settings, self.session, time.time(), vad)
+        streams = settings.streams
+        self.frames_backlog = Backlog(publisher.redis, streams.frames)
+        self.speech_backlog = Backlog(publisher.redis, streams.audio_segments)
+        self._warned = self._told = float("-inf")
         publisher.announce_session(self.session)
 
-    def publish(self, messages: Sequence[StreamMessage]) -> None:
+    def publish(self, messages: Sequence[StreamMessage]) -> list[StreamMessage]:
+        """Publish what backpressure lets through; returns what was published."""
+        sent = []
         for msg in messages:
+            if isinstance(msg, FrameMessage) and self._face_lags():
+                continue
+            if isinstance(msg, AudioSegmentMessage):
+                self._warn_if_speech_waits()
             self.publisher.publish(msg)
+            sent.append(msg)
+        return sent
 
     def submit_frame(self, t: float, jpeg: bytes) -> list[FrameMessage]:
         """A frame from the HTTP ingest: gated, published, and returned if it was forwarded."""
-        sent = self.handler.frame(t, jpeg, "http")
-        self.publish(sent)
-        return sent
+        return [m for m in self.publish(self.handler.frame(t, jpeg, "http")) if isinstance(m, FrameMessage)]
+
+    def _face_lags(self) -> bool:
+        """Backpressure: drop (and count) the frame while the face stage is behind."""
+        waiting = self.frames_backlog()
+        if waiting <= self.settings.frames.max_backlog:
+            return False
+        self.handler.gate.drop("backpressure")
+        if time.monotonic() - self._told > 10:
+            self._told = time.monotonic()
+            log.warning(
+                "face stage is %d frames behind; dropping frames (%d so far)",
+                waiting, self.handler.gate.dropped["backpressure"],
+                extra={"backlog": waiting, "dropped": self.handler.gate.dropped["backpressure"]},
+            )  # fmt: skip
+        return True
+
+    def _warn_if_speech_waits(self) -> None:
+        waiting = self.speech_backlog()
+        if waiting > self.settings.audio.warn_backlog and time.monotonic() - self._warned > 30:
+            self._warned = time.monotonic()
+            log.warning(
+                "speech waits: %d segments not yet transcribed; none is dropped", waiting,
+                extra={"backlog": waiting, "stream": self.publisher.settings.streams.audio_segments},
+            )  # fmt: skip
+
+    def _retention(self) -> None:
+        """Apply the retention window to the raw streams until stopped."""
+        every = self.settings.retention.every_s
+        while not self.stop.wait(every):
+            try:
+                for t in apply_window(self.publisher.redis, self.settings, self.settings.retention.raw_s):
+                    if t.removed or t.held_by:
+                        log.info(
+                            "retention: %s %d -> %d entries", t.stream, t.before, t.before - t.removed,
+                            extra={"stream": t.stream, "removed": t.removed, "held_by": list(t.held_by)},
+                        )  # fmt: skip
+            except redis.RedisError as exc:
+                log.warning("retention skipped: %s", exc)
 
     # -- replay ----------------------------------------------------------------------
 
@@ -114,6 +196,7 @@ class CaptureRunner:
     def run(self) -> None:
         """Start the configured sources and return when the audio source ends or on stop."""
         audio, frames = self.settings.audio.source, self.settings.frames.source
+        threading.Thread(target=self._retention, daemon=True, name="retention").start()
         threads = []
         if frames == "http":
             threads.append(threading.Thread(target=self._serve_ingest, daemon=True))
@@ -139,7 +222,9 @@ class CaptureRunner:
                 raise
         log.info(
             "capture session %s: %d segments, %d frames, frames dropped %s",
-            self.session, self.handler.n_segments, self.handler.n_frames, self.handler.gate.dropped,
+            self.session, self.handler.n_segments,
+            self.handler.n_frames - self.handler.gate.dropped.get("backpressure", 0),
+            self.handler.gate.dropped,
         )  # fmt: skip
 
     def _serve_ingest(self) -> None:
@@ -148,7 +233,9 @@ class CaptureRunner:
         from services.capture.ingest import build_ingest_app
 
         app = build_ingest_app(self.submit_frame, self.settings.frames)
-        config = uvicorn.Config(app, host=self.settings.frames.http_host, port=self.settings.frames.http_port)
+        config = uvicorn.Config(
+            app, host=self.settings.frames.http_host, port=self.settings.frames.http_port, log_config=None
+        )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the main thread owns signals
         threading.Thread(

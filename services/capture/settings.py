@@ -21,6 +21,8 @@ class AudioSettings(SettingsGroup):
     ``python -m services.capture --devices`` lists them."""
     mic_rate: int = 16_000
     """Rate the mic is opened at; resampled to 16 kHz when it differs."""
+    warn_backlog: int = Field(50, ge=1)
+    """Segments are never dropped; past this many waiting for the transcriber, capture warns."""
 
 
 class VadSettings(SettingsGroup):
@@ -53,6 +55,9 @@ class FrameSettings(SettingsGroup):
     margin_s: float = Field(1.0, ge=0)
     """Frames this long before speech starts or after it ends still count as during speech;
     it also absorbs the skew between the glasses' clock and this machine's."""
+    max_backlog: int = Field(8, ge=1)
+    """Backpressure: while the face stage has more frames than this waiting (unread plus unacked),
+    new frames are dropped and counted (reason ``backpressure``) instead of queued."""
     replay_fps: float = Field(2.0, gt=0)
     """Capture rate assumed for an image directory (one image every 1/fps seconds)."""
     http_host: str = "127.0.0.1"

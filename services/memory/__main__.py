@@ -17,7 +17,7 @@ def main(
     settings = MemorySettings()
 
     def build() -> Stage:
-        client = connect(settings)
+        client = connect(settings, Groups.MEMORY)
         handler = MemoryHandler(client, settings, build_extractor(settings, client))
         return Stage({FaceMessage: handler.on_face, TranscriptMessage: handler.on_transcript}, ticker=handler)
 

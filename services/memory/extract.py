@@ -152,7 +152,8 @@ class AnthropicExtractor:
                     reply = stream.get_final_message()
                 return self._parse(reply)
             except (ValidationError, ValueError) as exc:
-                log.warning("anthropic answer unusable (attempt %d): %s", attempt + 1, str(exc)[:200])
+                # The error would quote the answer, which holds what was said: log its kind only.
+                log.warning("anthropic answer unusable (attempt %d): %s", attempt + 1, type(exc).__name__)
             except anthropic.APIError as exc:
                 log.warning("anthropic request failed: %s", exc)
                 break  # the SDK already retried with backoff

@@ -10,7 +10,8 @@ import uvicorn
 
 from services.overlay.app import create_app, ensure_admin_token
 from services.overlay.settings import OverlaySettings
-from shared.runtime import configure_logging, connect
+from shared.logs import configure_logging
+from shared.runtime import connect
 
 log = logging.getLogger("services.overlay")
 
@@ -19,7 +20,7 @@ def main(
     check: bool = typer.Option(False, "--check", help="Exit 0 if the server on this host answers /healthz."),
 ) -> None:
     settings = OverlaySettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     web = settings.overlay
     local = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
     base = f"http://{local}:{web.port}"
@@ -30,7 +31,7 @@ def main(
         except OSError as exc:
             print(f"unhealthy: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
-    client = connect(settings)
+    client = connect(settings, "overlay")
     token, made = ensure_admin_token(client, settings)
     if made:
         log.warning("made an admin token for the people page; it is kept in Redis for the next start")
@@ -40,7 +41,8 @@ def main(
     # handlers it found at start; these make that a clean exit 0, as every other service gives.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(settings, client, token), host=web.host, port=web.port, log_level="warning")
+    app = create_app(settings, client, token)
+    uvicorn.run(app, host=web.host, port=web.port, log_level="warning", log_config=None)  # our JSON logs
 
 
 if __name__ == "__main__":

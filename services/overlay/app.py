@@ -27,6 +27,7 @@ from sse_starlette.sse import EventSourceResponse
 from services.memory.admin import PersonAdmin
 from services.memory.person_store import PersonStore, _s, _sid
 from services.overlay.settings import OverlaySettings
+from shared.runtime import credentials
 from shared.schemas import BadMessageError, RecallMessage, TranscriptMessage, dead_letter
 from shared.streams import ADMIN_TOKEN_KEY, Groups, MemoryKeys, done_key
 
@@ -340,7 +341,9 @@ async def _follow(
     request: Request, settings: OverlaySettings, cursors: dict[str, str]
 ) -> AsyncIterator[dict[str, str]]:
     """One tab's events. Its own connection, because a blocking XREAD holds one."""
-    client = aredis.Redis.from_url(settings.redis_url, socket_keepalive=True)
+    client = aredis.Redis.from_url(
+        settings.redis_url, socket_keepalive=True, **credentials(settings, Groups.OVERLAY)
+    )
     CLIENTS.inc()
     try:
         while not await request.is_disconnected():

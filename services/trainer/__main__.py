@@ -4,7 +4,8 @@ import typer
 
 from services.trainer.handler import TrainerHandler
 from services.trainer.settings import TrainerSettings
-from shared.runtime import Stage, configure_logging, connect, serve
+from shared.logs import configure_logging
+from shared.runtime import Stage, connect, serve
 from shared.schemas import EncounterMessage
 from shared.streams import Groups
 
@@ -23,7 +24,7 @@ def main(
     settings = TrainerSettings()
 
     def build() -> Stage:
-        handler = TrainerHandler(connect(settings), settings)
+        handler = TrainerHandler(connect(settings, Groups.TRAINER), settings)
         return Stage({EncounterMessage: handler}, ticker=handler)
 
     raise typer.Exit(serve(settings, Groups.TRAINER, build, check, burst))
@@ -32,10 +33,11 @@ def main(
 @app.command()
 def train() -> None:
     """Run one training job now (what the service starts when enough rows have come)."""
-    configure_logging(TrainerSettings().log_level)
-    from shared.cli import train as run
+    settings = TrainerSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    from shared.cli import run_training
 
-    run()
+    run_training(Groups.TRAINER)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import sys
 import time
 
 from shared.consumer import Consumer
-from shared.runtime import configure_logging, connect
+from shared.logs import configure_logging
+from shared.runtime import connect
 from shared.schemas import RecallMessage, TranscriptMessage
 from shared.settings import ServiceSettings
 
@@ -37,7 +38,7 @@ def echo(msg: TranscriptMessage) -> list[RecallMessage]:
 if __name__ == "__main__":
     settings = ServiceSettings()
     configure_logging("INFO")
-    stats = Consumer(connect(settings), settings, "echo", {TranscriptMessage: echo}).run(
+    stats = Consumer(connect(settings, "echo"), settings, "echo", {TranscriptMessage: echo}).run(
         burst="--burst" in sys.argv
     )
     print(f"stats {stats}", flush=True)

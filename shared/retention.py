@@ -1,0 +1,88 @@
+"""Retention: raw audio and frames go after a time window; the other streams keep their caps.
+
+A trim never removes an entry some consumer group has not acknowledged yet: the cut-off
+is the older of "now minus the window" and each group's oldest pending (or next
+undelivered) entry. Speech waiting for a stopped transcriber is kept, however old.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+RAW = ("audio_segments", "frames")
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    """What one trim did to one stream."""
+
+    stream: str
+    before: int
+    removed: int
+    held_by: tuple[str, ...] = ()
+    """Groups whose unacknowledged entries kept the trim short of its target."""
+
+
+def _key(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
+def needed_by(client: redis.Redis, stream: str) -> dict[str, str]:
+    """Per group, the oldest entry id it still needs: its oldest pending, else its next undelivered."""
+    out = {}
+    for group in client.xinfo_groups(stream):
+        name = group["name"].decode()
+        ms, seq = _key(group["last-delivered-id"].decode())
+        oldest = f"{ms}-{seq + 1}"
+        if group["pending"]:
+            oldest = client.xpending(stream, name)["min"].decode()
+        out[name] = oldest
+    return out
+
+
+def trim_to(client: redis.Redis, stream: str, target: str, before: int) -> Trimmed:
+    """XTRIM MINID ``target``, or less far where a group still needs an older entry."""
+    needed = needed_by(client, stream)
+    holding = tuple(sorted(g for g, i in needed.items() if _key(i) < _key(target)))
+    min_id = min([target, *needed.values()], key=_key)
+    removed = client.xtrim(stream, minid=min_id, approximate=False)
+    return Trimmed(stream, before, removed, holding)
+
+
+def trim_window(client: redis.Redis, stream: str, max_age_s: float) -> Trimmed:
+    """Delete entries older than ``max_age_s`` that every group has acknowledged."""
+    before = client.xlen(stream)
+    if not before:
+        return Trimmed(stream, 0, 0)
+    return trim_to(client, stream, f"{int((time.time() - max_age_s) * 1000)}-0", before)
+
+
+def trim_cap(client: redis.Redis, stream: str, cap: int) -> Trimmed:
+    """Cut ``stream`` to ``cap`` entries exactly (writes cap it only roughly), keeping what a group needs."""
+    before = client.xlen(stream)
+    if before <= cap:
+        return Trimmed(stream, before, 0)
+    [(last_over, _)] = client.xrange(stream, count=before - cap)[-1:]  # XADD's ~MAXLEN keeps this small
+    ms, seq = _key(last_over.decode())
+    return trim_to(client, stream, f"{ms}-{seq + 1}", before)
+
+
+def apply_window(client: redis.Redis, settings: ServiceSettings, window_s: float) -> list[Trimmed]:
+    """The retention window on the raw streams (capture does this every ``retention.every_s``)."""
+    return [trim_window(client, getattr(settings.streams, attr), window_s) for attr in RAW]
+
+
+def gc(client: redis.Redis, settings: ServiceSettings, window_s: float) -> list[Trimmed]:
+    """Everything retention does: the window on raw streams, the caps on every other stream."""
+    out = apply_window(client, settings, window_s)
+    for attr in type(settings.streams).model_fields:
+        if attr not in RAW:
+            out.append(trim_cap(client, getattr(settings.streams, attr), getattr(settings.caps, attr)))
+    return out
