@@ -25,16 +25,20 @@ STEPS = 8
 ROUNDS = 2
 
 
-def bare_loop(model: torch.nn.Module, examples: list, lora: LoraSettings, pad_id: int) -> tuple[int, float]:
+def bare_loop(
+    model: torch.nn.Module, examples: list, lora: LoraSettings, pad_id: int, steps: int = STEPS
+) -> tuple[int, float]:
     """What one would write with peft and transformers alone."""
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lora.learning_rate)
     model.train()
     tokens, started = 0, time.perf_counter()
-    for step in range(STEPS):
+    device = next(model.parameters()).device
+    for step in range(steps):
         batch = [examples[(step * lora.batch_size + i) % len(examples)] for i in range(lora.batch_size)]
         ids = pad_sequence([torch.tensor(e.input_ids) for e in batch], batch_first=True, padding_value=pad_id)
         labels = pad_sequence([torch.tensor(e.labels) for e in batch], batch_first=True, padding_value=IGNORE)
         mask = pad_sequence([torch.ones(len(e.input_ids), dtype=torch.long) for e in batch], batch_first=True)
+        ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimiser.step()
