@@ -76,6 +76,8 @@ class Ticker(Protocol):
     """Work a stage does on a clock rather than on a message (closing conversations that went quiet).
 
     Its outputs are written once each, keyed by their own ids, however many replicas tick.
+    A ticker may also have ``committed(outputs)``, called once they are written: the state
+    they were made from may go then, and not before, so a crash in between loses nothing.
     """
 
     every_s: float
@@ -222,6 +224,9 @@ class Consumer:
             work = [(done_key(self.group, f"{out.STREAM}:{out.key}"), [out]) for out in outputs]
             written = self._commit_script(args=self._script_args(work))
             log.info("group %s tick: %d outputs, %d new", self.group, len(outputs), sum(written))
+        committed = getattr(self.ticker, "committed", None)
+        if committed is not None:
+            committed(outputs)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

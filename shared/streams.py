@@ -87,6 +87,7 @@ class MemoryKeys:
     PERSONS = f"{KEY_PREFIX}:persons"  # SET of person ids
     SESSIONS = f"{KEY_PREFIX}:sessions"  # SET of session ids capture announced
     OPEN_SESSIONS = f"{KEY_PREFIX}:sessions:open"  # SET of sessions with a conversation in progress
+    CLOSING = f"{KEY_PREFIX}:sessions:closing"  # SET of ended conversations not yet written to encounters
     CHANGES = f"{KEY_PREFIX}:persons:changes"  # STREAM: one entry per person whose views changed
     NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
 
@@ -124,6 +125,11 @@ class MemoryKeys:
     def open_encounter(session: str) -> str:
         """HASH: the session's conversation in progress (id, times, segments, who was seen)."""
         return f"{KEY_PREFIX}:session:{session}:open"
+
+    @staticmethod
+    def closing(eid: str) -> str:
+        """HASH: an ended conversation's state (with ``:segments`` and ``:faces``) until it is written."""
+        return f"{KEY_PREFIX}:encounter:{eid}:closing"
 
     @staticmethod
     def session_lock(session: str) -> str:

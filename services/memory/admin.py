@@ -138,8 +138,9 @@ class PersonAdmin:
         counts["adapters with forgotten data"] = AdapterRegistry(self.redis).mark_forgotten(pid)
         for key in self.redis.scan_iter(f"{KEY_PREFIX}:frame:*:persons"):
             self.redis.srem(key, pid)
-        for key in self.redis.scan_iter(f"{KEY_PREFIX}:session:*:open:faces"):
-            self.redis.zrem(key, pid)
+        for pattern in (f"{KEY_PREFIX}:session:*:open:faces", f"{KEY_PREFIX}:encounter:*:closing:faces"):
+            for key in self.redis.scan_iter(pattern):
+                self.redis.zrem(key, pid)
         log.info("person=%s forgotten: %s", pid, dict(counts))
         return dict(counts)
 

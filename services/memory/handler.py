@@ -4,6 +4,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 
 import redis
 from prometheus_client import Counter
@@ -11,7 +12,14 @@ from prometheus_client import Counter
 from services.memory.extract import Extractor
 from services.memory.person_store import PersonStore, _s
 from services.memory.settings import MemorySettings
-from shared.schemas import BadMessageError, EncounterMessage, FaceMessage, RecallMessage, TranscriptMessage
+from shared.schemas import (
+    BadMessageError,
+    EncounterMessage,
+    FaceMessage,
+    RecallMessage,
+    StreamMessage,
+    TranscriptMessage,
+)
 from shared.streams import MemoryKeys
 
 log = logging.getLogger(__name__)
@@ -85,11 +93,10 @@ class MemoryHandler:
         if not msg.text.strip():
             raise BadMessageError(f"segment {msg.segment_id}: empty transcript")
         self._known_session(msg.session)
-        out = []
         with self._session_lock(msg.session):
             current = self.redis.hgetall(MemoryKeys.open_encounter(msg.session))
             if current and msg.t_start - float(current[b"t_last"]) > self.settings.encounter.gap_s:
-                out += self._close(msg.session)
+                self._seal(msg.session)  # the next tick writes it
             key = self._open(msg.session, msg.t_start)
             segment = json.dumps(
                 {"id": msg.segment_id, "t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text}
@@ -97,24 +104,33 @@ class MemoryHandler:
             self.redis.hset(key + ":segments", msg.segment_id, segment)
             last = float(self.redis.hget(key, "t_last") or 0)
             self.redis.hset(key, mapping={"t_last": repr(max(last, msg.t_end)), "t_seen": repr(time.time())})
-        return out
+        return []
 
     def tick(self) -> list[EncounterMessage]:
-        """Close every conversation quiet for longer than the gap.
+        """End every conversation quiet for longer than the gap, and write every ended one.
 
         Quiet means both: no speech for ``gap_s`` (speech time), and nothing arrived for it
         for ``gap_s`` (this machine's time), since transcripts trail the speech by the
-        transcriber's latency.
+        transcriber's latency. An ended conversation's state stays until its encounter is
+        written (:meth:`committed`): a replica killed in between leaves it for the next tick.
         """
-        out = []
         now = time.time()
         for session in [_s(s) for s in self.redis.smembers(MemoryKeys.OPEN_SESSIONS)]:
             times = self.redis.hmget(MemoryKeys.open_encounter(session), "t_last", "t_seen")
             latest = max((float(t) for t in times if t is not None), default=0.0)
             if now - latest > self.settings.encounter.gap_s:
                 with self._session_lock(session):
-                    out += self._close(session)
+                    self._seal(session)
+        out = []
+        for eid in sorted(_s(e) for e in self.redis.smembers(MemoryKeys.CLOSING)):
+            out += self._encounter(eid)
         return out
+
+    def committed(self, outputs: Sequence[StreamMessage]) -> None:
+        """The encounters are in the stream: their ended conversations' state can go."""
+        for msg in outputs:
+            if isinstance(msg, EncounterMessage):
+                self._discard(msg.encounter_id)
 
     def _session_lock(self, session: str):  # type: ignore[no-untyped-def]
         return self.redis.lock(MemoryKeys.session_lock(session), timeout=60, blocking_timeout=30)
@@ -128,46 +144,69 @@ class MemoryHandler:
             self.redis.sadd(MemoryKeys.OPEN_SESSIONS, session)
         return key
 
-    def _close(self, session: str) -> list[EncounterMessage]:
+    def _seal(self, session: str) -> None:
+        """End the session's conversation: its state moves under the encounter's id, for tick to write."""
         key = MemoryKeys.open_encounter(session)
+        eid = self.redis.hget(key, "id")
+        if eid is None:
+            self.redis.srem(MemoryKeys.OPEN_SESSIONS, session)
+            return
+        closing = MemoryKeys.closing(_s(eid))
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, "session", session)
+            for suffix in ("", ":segments", ":faces"):
+                pipe.rename(key + suffix, closing + suffix)
+            pipe.sadd(MemoryKeys.CLOSING, eid)
+            pipe.srem(MemoryKeys.OPEN_SESSIONS, session)
+            pipe.execute(raise_on_error=False)  # a conversation without faces has no :faces to move
+
+    def _discard(self, eid: str) -> None:
+        closing = MemoryKeys.closing(eid)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(closing, closing + ":segments", closing + ":faces")
+            pipe.srem(MemoryKeys.CLOSING, eid)
+            pipe.execute()
+
+    def _encounter(self, eid: str) -> list[EncounterMessage]:
+        """The ended conversation ``eid`` as an encounter, recorded in the person's profile (once)."""
+        key = MemoryKeys.closing(eid)
         current = {_s(k): _s(v) for k, v in self.redis.hgetall(key).items()}
         if not current:
-            self.redis.srem(MemoryKeys.OPEN_SESSIONS, session)
+            self.redis.srem(MemoryKeys.CLOSING, eid)
             return []
+        session = current["session"]
         segments = sorted(
             (json.loads(v) for v in self.redis.hvals(key + ":segments")), key=lambda s: s["t_start"]
         )
         seen = self.redis.zrevrange(key + ":faces", 0, 0)
-        with self.redis.pipeline() as pipe:
-            pipe.delete(key, key + ":segments", key + ":faces")
-            pipe.srem(MemoryKeys.OPEN_SESSIONS, session)
-            pipe.execute()
         if not segments or not seen:
             outcome = "no speech" if not segments else "no face"
             ENCOUNTERS.labels(outcome).inc()
-            log.info("encounter=%s session=%s closed without a record: %s", current["id"], session, outcome)
+            log.info("encounter=%s session=%s closed without a record: %s", eid, session, outcome)
+            self._discard(eid)
             return []
         pid = _s(seen[0])
         transcript = " ".join(s["text"] for s in segments)
         extraction = self.store.extractor.extract(transcript, self.store.wearer)
         t_start, t_end = float(current["t_start"]), max(s["t_end"] for s in segments)
         segment_ids = [s["id"] for s in segments]
-        self.store.record_encounter(
-            pid, current["id"], extraction, t_start, t_end, session, transcript, segment_ids
-        )
+        with self._session_lock(session):  # two replicas ticking at once record it once
+            self.store.record_encounter(
+                pid, eid, extraction, t_start, t_end, session, transcript, segment_ids
+            )
         self.redis.delete(MemoryKeys.recall_cooldown(pid))  # there is news: the next sighting gets a card
         ENCOUNTERS.labels("recorded").inc()
         log.info(
             "encounter=%s session=%s person=%s segments=%d outcome=recorded",
-            current["id"],
+            eid,
             session,
             pid,
             len(segments),
         )
-        facts = [{"text": f, "kind": "fact", "source": current["id"]} for f in extraction.facts]
+        facts = [{"text": f, "kind": "fact", "source": eid} for f in extraction.facts]
         return [
             EncounterMessage(
-                encounter_id=current["id"], session=session, person_id=pid, t_start=t_start, t_end=t_end,
+                encounter_id=eid, session=session, person_id=pid, t_start=t_start, t_end=t_end,
                 transcript=transcript, summary=extraction.summary, facts=facts,
                 name=extraction.name or "", company=extraction.company or "", role=extraction.role or "",
                 place=extraction.place or "", topics=extraction.topics[:20],

@@ -135,3 +135,26 @@ def test_two_replicas_seeing_one_new_face_create_one_person(
     assert [p.returncode for p in procs] == [0, 0]
     assert len(r.smembers(MemoryKeys.PERSONS)) == 1
     assert answers[0] == answers[1] == r.smembers(MemoryKeys.PERSONS).pop().decode()
+
+
+def test_a_replica_killed_between_ending_and_writing_an_encounter_loses_nothing(
+    r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
+) -> None:
+    handler = MemoryHandler(r, memory_settings)
+    now = time.time()
+    r.sadd(MemoryKeys.SESSIONS, "s1")
+    face = FaceMessage(
+        face_id="s1-f1-0", frame_id="s1-f1", session="s1", t=now - 20, bbox=(0, 0, 100, 100),
+        det_score=0.9, embedding=embedding_to_bytes(embeddings["astronaut"]), thumb=b"",
+    )  # fmt: skip
+    handler.on_face(face)
+    handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
+    time.sleep(1.1)
+    [first] = handler.tick()  # ended and built, then the replica dies before the commit
+    assert r.smembers(MemoryKeys.CLOSING) == {first.encounter_id.encode()}, "its state is still there"
+    other = MemoryHandler(r, memory_settings)
+    run(r, memory_settings, other)  # another replica's tick writes it
+    [(_, fields)] = r.xrange("encounters")
+    assert EncounterMessage.from_fields(fields).encounter_id == first.encounter_id
+    assert r.hget(MemoryKeys.person(first.person_id), "encounters") == b"1", "recorded once"
+    assert not r.smembers(MemoryKeys.CLOSING) and not r.keys("*:closing*"), "and then cleaned up"
