@@ -1,5 +1,6 @@
 """insightface wrappers: one loaded pack, a detector and an embedder on top of it."""
 
+import contextlib
 import importlib.util
 import logging
 import threading
@@ -35,7 +36,8 @@ def link_packaged_pack(root: Path) -> Path:
     for name in PACKAGED_FILES:
         link = target / name
         if not link.exists():
-            link.symlink_to(source / name)
+            with contextlib.suppress(FileExistsError):  # a replica starting beside this one made it
+                link.symlink_to(source / name)
     return target
 
 

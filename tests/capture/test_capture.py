@@ -2,6 +2,7 @@
 
 import itertools
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ from services.capture.ingest import build_ingest_app
 from services.capture.model import SileroVadModel
 from services.capture.runner import CaptureRunner
 from services.capture.settings import CaptureSettings, FrameSettings, VadSettings
+from services.capture.sources import chunked
 from shared.publisher import Publisher
 from shared.schemas import AudioSegmentMessage, FrameMessage
 from tests.face.conftest import photo
@@ -192,3 +194,27 @@ def test_video_file_replay_sends_frames_during_speech(
     [seg] = segments(r)
     times = [FrameMessage.from_fields(f).t for _, f in r.xrange("frames")]
     assert len(times) >= 3 and all(seg.t_start - 0.3 <= t <= seg.t_end + 0.3 for t in times)
+
+
+def test_frames_are_dropped_and_counted_while_the_face_stage_lags_but_speech_is_never_dropped(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    capture_settings.frames = FrameSettings(source="http", max_fps=10_000, max_backlog=3)
+    capture_settings.caps = capture_settings.caps.model_copy(update={"audio_segments": 2})
+    runner = CaptureRunner(capture_settings, Publisher(r, capture_settings), vad)
+    runner.frames_backlog.every_s = runner.speech_backlog.every_s = 0  # read the lag on every frame
+    r.xgroup_create("frames", "face", id="$", mkstream=True)
+    r.xgroup_create("audio:segments", "transcriber", id="$", mkstream=True)
+    client = TestClient(build_ingest_app(runner.submit_frame, FrameSettings(source="http")))
+    runner.handler.gate.speaking = True  # frames during speech
+    image = jpeg(photo("astronaut"))
+    answers = [client.post(f"/frames?t={time.time()}", content=image, headers={"content-type": "image/jpeg"})
+               for _ in range(10)]  # fmt: skip
+    assert [a.json()["forwarded"] for a in answers] == [True] * 4 + [False] * 6, "three waiting, then no more"
+    assert r.xlen("frames") == 4 and runner.handler.gate.dropped["backpressure"] == 6
+    # Speech is published however far behind the transcriber is, and over the stream's cap.
+    audio = np.concatenate([speech(SARAH, tmp_path), SILENCE_2S] * 4)
+    for chunk in chunked(audio):
+        runner.publish(runner.handler.audio(chunk))
+    runner.publish(runner.handler.flush())
+    assert len(segments(r)) == runner.handler.n_segments >= 3 > capture_settings.caps.audio_segments

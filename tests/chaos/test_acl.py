@@ -1,0 +1,58 @@
+"""Least privilege: each service's Redis user may write only the streams it produces."""
+
+import pytest
+import redis
+
+from shared.acl import ADMIN, GRANTS, USERS, Grant
+from shared.redis_server import RedisServer
+from shared.runtime import connect
+from shared.settings import ServiceSettings
+
+
+def client_of(server: RedisServer, user: str) -> redis.Redis:
+    return connect(ServiceSettings(redis_url=server.url, acl_dir=server.acl_dir), user)
+
+
+@pytest.mark.parametrize("grant", GRANTS, ids=USERS)
+def test_a_service_is_refused_a_write_to_a_stream_it_does_not_own(
+    acl_server: RedisServer, grant: Grant
+) -> None:
+    settings = ServiceSettings()
+    own = {getattr(settings.streams, m.STREAM) for m in grant.produces} | {settings.streams.dlq}
+    client = client_of(acl_server, grant.user)
+    refused = []
+    for stream in settings.streams.model_dump().values():
+        if stream in own:
+            client.xadd(stream, {"probe": grant.user})  # its own outputs and dead letters: allowed
+        else:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.xadd(stream, {"probe": grant.user})
+            refused.append(stream)
+    assert len(refused) == len(settings.streams.model_dump()) - len(own) >= 5
+    for command in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("ACL", "LIST")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command(*command)
+    if grant.user not in ("memory", "overlay"):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.hgetall("convo:person:p-1")  # the person store is memory's
+
+
+def test_a_consumer_can_run_its_group_on_its_input_but_not_append_to_it(acl_server: RedisServer) -> None:
+    admin = acl_server.client()
+    admin.xadd("audio:segments", {"x": "1"})
+    transcriber = client_of(acl_server, "transcriber")
+    transcriber.xgroup_create("audio:segments", "transcriber", id="0")
+    [(_, [(entry_id, _)])] = transcriber.xreadgroup("transcriber", "t1", {"audio:segments": ">"})
+    assert transcriber.xack("audio:segments", "transcriber", entry_id) == 1
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        transcriber.xadd("audio:segments", {"x": "2"})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        transcriber.xgroup_create("frames", "transcriber", id="0", mkstream=True)  # not its stream
+
+
+def test_the_default_user_is_off_and_a_wrong_password_is_refused(acl_server: RedisServer) -> None:
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=acl_server.port).ping()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=acl_server.port, username="face", password="guess").ping()
+    assert client_of(acl_server, ADMIN).ping()
