@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server espeak-ng sox portaudio19-dev docker-compose chromium
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup system-deps run test test-fast bench lint format tail status clean
+.PHONY: setup system-deps run test test-chaos test-fast bench lint format tail status clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+# Faults, floods and bad input against the whole stack as processes (also part of `make test`).
+test-chaos: setup
+	$(BIN)/pytest -q tests/chaos
 
 bench: setup
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

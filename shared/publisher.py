@@ -2,6 +2,8 @@
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 
@@ -10,6 +12,7 @@ from shared.settings import ServiceSettings
 from shared.streams import NEVER_TRIMMED_ON_WRITE, MemoryKeys, heartbeat_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Publisher:
@@ -35,7 +38,7 @@ class Publisher:
 
     def announce_session(self, session: str) -> None:
         """Register a capture session, so that readers can tell its entries from strays."""
-        self.redis.sadd(MemoryKeys.SESSIONS, session)
+        self._retry("announce the session", lambda: self.redis.sadd(MemoryKeys.SESSIONS, session))
 
     def heartbeat(self, group: str, name: str) -> None:
         """Keep ``group``'s heartbeat key for this process fresh from a daemon thread (for ``--check``)."""
@@ -52,14 +55,20 @@ class Publisher:
         threading.Thread(target=beat, daemon=True, name="heartbeat").start()
 
     def _xadd(self, stream: str, fields: dict, cap: int | None) -> str | None:
+        entry_id = self._retry(
+            f"hold the entry for {stream}",
+            lambda: self.redis.xadd(stream, fields, maxlen=cap, approximate=cap is not None),
+        )
+        return None if entry_id is None else entry_id.decode()
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T | None:
+        """``call()``, again with backoff while Redis is away; ``None`` only if stopped meanwhile."""
         backoff = 0.1
         while True:
             try:
-                return self.redis.xadd(stream, fields, maxlen=cap, approximate=cap is not None).decode()
+                return call()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning(
-                    "redis unavailable (%s); holding the entry for %s, retry in %.1fs", exc, stream, backoff
-                )
+                log.warning("redis unavailable (%s); %s, retry in %.1fs", exc, what, backoff)
                 if self.stop.wait(backoff):
                     return None
                 backoff = min(backoff * 2, self.settings.consumer.backoff_max_s)

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 from PIL import Image
 
@@ -30,6 +31,7 @@ from shared.streams import MemoryKeys
 from tests.chaos.conftest import Stack, json_records, person_crops, wait_until
 from tests.speech import RATE, speech
 
+pytestmark = pytest.mark.timeout(900)
 SESSIONS, PER_SESSION = 10, 20  # 200 segments and 200 frames
 PHRASES = [
     "Hi, I'm Sarah Chen from Stripe.", "We met at the climbing gym last week.",
