@@ -118,7 +118,7 @@ class MemoryKeys:
 
     @staticmethod
     def frame_persons(frame_id: str) -> str:
-        """SET of persons already given to a face of this frame (two faces are two people)."""
+        """HASH person -> face id: who each face of this frame was given (two faces are two people)."""
         return f"{KEY_PREFIX}:frame:{frame_id}:persons"
 
     @staticmethod

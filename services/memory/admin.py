@@ -137,7 +137,7 @@ class PersonAdmin:
         counts["training rows"] = Dataset(self.dataset).forget(pid)
         counts["adapters with forgotten data"] = AdapterRegistry(self.redis).mark_forgotten(pid)
         for key in self.redis.scan_iter(f"{KEY_PREFIX}:frame:*:persons"):
-            self.redis.srem(key, pid)
+            self.redis.hdel(key, pid)
         for pattern in (f"{KEY_PREFIX}:session:*:open:faces", f"{KEY_PREFIX}:encounter:*:closing:faces"):
             for key in self.redis.scan_iter(pattern):
                 self.redis.zrem(key, pid)

@@ -52,7 +52,9 @@ class MemoryHandler:
     def on_face(self, msg: FaceMessage) -> list[RecallMessage]:
         vector = msg.vector()
         self._known_session(msg.session)
-        result = self.store.identify(vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t)
+        result = self.store.identify(
+            vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t, face_id=msg.face_id
+        )
         MATCHES.labels(result.outcome).inc()
         log.info(
             "face=%s person=%s outcome=%s score=%.2f",

@@ -197,32 +197,38 @@ class PersonStore:
         frame_id: str | None = None,
         thumb: bytes = b"",
         t: float | None = None,
+        face_id: str | None = None,
     ) -> Match:
-        """Match a face, or make it a new person. Two faces of one frame never get the same person."""
+        """Match a face, or make it a new person. Two faces of one frame never get the same person;
+        the same face (``face_id``) handled again, after a crash say, gets the person it got before."""
         vector = embedding if isinstance(embedding, np.ndarray) else embedding_from_bytes(embedding)
         if isinstance(embedding, np.ndarray):
             embedding_from_bytes(embedding_to_bytes(vector))  # the same checks: size, finite, normed
         t = t if t is not None else time.time()
         taken = MemoryKeys.frame_persons(frame_id) if frame_id else None
+        face = face_id or "?"
         for _ in range(8):
-            exclude = {_s(p) for p in self.redis.smembers(taken)} if taken else set()
+            claims = {_s(p): _s(f) for p, f in self.redis.hgetall(taken).items()} if taken else {}
+            exclude = {p for p, f in claims.items() if f != face or face == "?"}
             result = self.match(vector, exclude)
             if result.outcome == "new":
                 result = self._create(vector, thumb, t, exclude)
             if result.person_id is None:
                 return result
-            if taken is None or self._claim_in_frame(taken, result.person_id):
+            if taken is None or self._claim_in_frame(taken, result.person_id, face):
                 if result.outcome == "match":
                     self._touch(result.person_id, vector, thumb, t)
                 return result
         raise RuntimeError(f"could not give frame {frame_id} a person after 8 tries")
 
-    def _claim_in_frame(self, key: str, pid: str) -> bool:
+    def _claim_in_frame(self, key: str, pid: str, face: str) -> bool:
+        """Give ``pid`` to this face of the frame, unless another face of it has them."""
         with self.redis.pipeline() as pipe:
-            pipe.sadd(key, pid)
+            pipe.hsetnx(key, pid, face)
+            pipe.hget(key, pid)
             pipe.expire(key, 3600)
-            added, _ = pipe.execute()
-        return bool(added)
+            added, owner, _ = pipe.execute()
+        return bool(added) or (face != "?" and _s(owner) == face)
 
     def _create(self, vector: np.ndarray, thumb: bytes, t: float, exclude: set[str]) -> Match:
         with self.redis.lock(MemoryKeys.NEW_PERSON_LOCK, timeout=10, blocking_timeout=10):

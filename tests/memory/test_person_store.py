@@ -94,3 +94,15 @@ def test_unusable_embeddings_are_refused(store: PersonStore, embedding: bytes, e
 def test_empty_transcript_is_refused(store: PersonStore, embeddings: dict[str, np.ndarray]) -> None:
     with pytest.raises(BadMessageError, match="empty transcript"):
         store.process_encounter(embeddings["astronaut"], "  ")
+
+
+def test_the_same_face_handled_again_gets_the_same_person_not_a_new_one(
+    store: PersonStore, embeddings: dict[str, np.ndarray]
+) -> None:
+    # A replica killed after identifying a face: the face is redelivered and identified again.
+    first = store.identify(embeddings["t1-2"], frame_id="f9", face_id="f9:0")
+    again = store.identify(embeddings["t1-2"], frame_id="f9", face_id="f9:0")
+    assert (first.outcome, again.person_id) == ("new", first.person_id)
+    other = store.identify(embeddings["t1-2"], frame_id="f9", face_id="f9:1")  # a second face, same look
+    assert other.person_id != first.person_id
+    assert len(store.redis.smembers("convo:persons")) == 2
