@@ -145,8 +145,11 @@ def render(settings: ServiceSettings, acl_dir: Path) -> str:
         return "#" + hashlib.sha256(password(acl_dir, user).encode()).hexdigest()
 
     # An ACL file has no comments: it is made by `convo acl` from shared/acl.py, and edits are overwritten.
+    # The default user is off: no connection can use it. It keeps every permission because Redis
+    # replays the AOF's MULTI/EXEC blocks as that user, and drops them (data loss on restart)
+    # when it may not run them: redis/redis#14541, fixed after 8.4; seen here on 7.0.
     lines = [
-        "user default off resetkeys -@all",
+        "user default off ~* &* +@all",
         f"user {ADMIN} on {secret(ADMIN)} ~* &* +@all",
     ]
     lines += [f"user {g.user} on {secret(g.user)} {rules(g, settings)}" for g in GRANTS]

@@ -56,3 +56,18 @@ def test_the_default_user_is_off_and_a_wrong_password_is_refused(acl_server: Red
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis(port=acl_server.port, username="face", password="guess").ping()
     assert client_of(acl_server, ADMIN).ping()
+
+
+def test_transactions_written_as_a_service_survive_a_redis_crash(acl_server: RedisServer) -> None:
+    memory = client_of(acl_server, "memory")
+    with memory.pipeline(transaction=True) as pipe:  # as the person store writes a new person
+        pipe.sadd("convo:persons", "p-1")
+        pipe.hset("convo:person:p-1", mapping={"name": "Sarah Chen"})
+        pipe.execute()
+    acl_server.kill()
+    acl_server.start()  # replays the AOF
+    admin = acl_server.client()
+    assert (
+        admin.smembers("convo:persons") == {b"p-1"}
+        and admin.hget("convo:person:p-1", "name") == b"Sarah Chen"
+    )
