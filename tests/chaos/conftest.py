@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -45,8 +46,8 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, every
         try:
             if predicate():
                 return time.monotonic() - started
-        except redis.ConnectionError:
-            pass  # Redis is being restarted
+        except (redis.ConnectionError, httpx.TransportError):
+            pass  # Redis is being restarted, or a server is not listening yet
         assert time.monotonic() - started < timeout_s, f"timed out waiting for {what}"
         time.sleep(every_s)
 
