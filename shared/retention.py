@@ -47,6 +47,23 @@ def needed_by(client: redis.Redis, stream: str) -> dict[str, str]:
     return out
 
 
+def oldest_unfinished(client: redis.Redis, stream: str, group: str) -> float | None:
+    """Write time (epoch s) of the oldest entry ``group`` has not acknowledged; ``None`` if none."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:  # no such stream yet
+        return None
+    for g in groups:
+        if g["name"].decode() != group:
+            continue
+        if g["pending"]:
+            return _key(client.xpending(stream, group)["min"].decode())[0] / 1000
+        if g.get("lag") != 0:
+            after = client.xrange(stream, min=f"({g['last-delivered-id'].decode()}", count=1)
+            return _key(after[0][0].decode())[0] / 1000 if after else None
+    return None
+
+
 def trim_to(client: redis.Redis, stream: str, target: str, before: int) -> Trimmed:
     """XTRIM MINID ``target``, or less far where a group still needs an older entry."""
     needed = needed_by(client, stream)

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from services.memory.extract import Extractor
 from services.memory.person_store import PersonStore, _s
 from services.memory.settings import MemorySettings
+from shared.retention import oldest_unfinished
 from shared.schemas import (
     BadMessageError,
     EncounterMessage,
@@ -20,9 +21,10 @@ from shared.schemas import (
     StreamMessage,
     TranscriptMessage,
 )
-from shared.streams import MemoryKeys
+from shared.streams import Groups, MemoryKeys
 
 log = logging.getLogger(__name__)
+CAUGHT_UP_S = 5.0
 
 MATCHES = Counter("convo_memory_faces_total", "Faces by outcome", ["outcome"])
 ENCOUNTERS = Counter("convo_memory_encounters_total", "Conversations closed, by outcome", ["outcome"])
@@ -117,7 +119,10 @@ class MemoryHandler:
         written (:meth:`committed`): a replica killed in between leaves it for the next tick.
         """
         now = time.time()
-        for session in [_s(s) for s in self.redis.smembers(MemoryKeys.OPEN_SESSIONS)]:
+        open_sessions = [_s(s) for s in self.redis.smembers(MemoryKeys.OPEN_SESSIONS)]
+        if open_sessions and not self._caught_up(now):
+            open_sessions = []  # decide when memory has caught up
+        for session in open_sessions:
             times = self.redis.hmget(MemoryKeys.open_encounter(session), "t_last", "t_seen")
             latest = max((float(t) for t in times if t is not None), default=0.0)
             if now - latest > self.settings.encounter.gap_s:
@@ -135,7 +140,21 @@ class MemoryHandler:
                 self._discard(msg.encounter_id)
 
     def _session_lock(self, session: str):  # type: ignore[no-untyped-def]
-        return self.redis.lock(MemoryKeys.session_lock(session), timeout=60, blocking_timeout=30)
+        # Held for a few Redis calls; a replica killed holding it blocks the session this long at most.
+        return self.redis.lock(MemoryKeys.session_lock(session), timeout=10, blocking_timeout=30)
+
+    def _caught_up(self, now: float) -> bool:
+        """Whether memory has handled every face and transcript written before the last few seconds.
+
+        "Quiet" is measured by when memory handled a session's entries; while memory lags (a
+        stalled or killed replica), entries of a quiet-looking session may still be waiting.
+        """
+        streams = (self.settings.streams.transcripts, self.settings.streams.faces)
+        for stream in streams:
+            oldest = oldest_unfinished(self.redis, stream, Groups.MEMORY)
+            if oldest is not None and now - oldest > CAUGHT_UP_S:
+                return False
+        return True
 
     def _open(self, session: str, t: float) -> str:
         """The session's open conversation, started at ``t`` if there is none."""

@@ -158,3 +158,29 @@ def test_a_replica_killed_between_ending_and_writing_an_encounter_loses_nothing(
     assert EncounterMessage.from_fields(fields).encounter_id == first.encounter_id
     assert r.hget(MemoryKeys.person(first.person_id), "encounters") == b"1", "recorded once"
     assert not r.smembers(MemoryKeys.CLOSING) and not r.keys("*:closing*"), "and then cleaned up"
+
+
+def test_a_conversation_is_not_ended_while_memory_still_has_older_entries_waiting(
+    r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
+) -> None:
+    handler = MemoryHandler(r, memory_settings)
+    now = time.time()
+    r.sadd(MemoryKeys.SESSIONS, "s1")
+    handler.on_face(
+        FaceMessage(
+            face_id="s1-f1-0", frame_id="s1-f1", session="s1", t=now - 20, bbox=(0, 0, 100, 100),
+            det_score=0.9, embedding=embedding_to_bytes(embeddings["astronaut"]), thumb=b"",
+        )
+    )  # fmt: skip
+    handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
+    # A transcript of the same talk, written 10 s ago, still waits (its replica stalled, say).
+    r.xgroup_create("transcripts", "memory", id="0", mkstream=True)
+    waiting = line("s1", 1, "I work on rate limits.", now - 18)
+    r.xadd("transcripts", waiting.to_fields(), id=f"{int((now - 10) * 1000)}-0")
+    time.sleep(1.1)  # quiet for longer than the gap, as far as what memory handled says
+    assert handler.tick() == [] and r.smembers(MemoryKeys.OPEN_SESSIONS) == {b"s1"}, "not ended yet"
+    run(r, memory_settings, handler)  # the waiting transcript is handled; then the tick ends it
+    time.sleep(1.1)
+    run(r, memory_settings, handler)
+    [(_, fields)] = r.xrange("encounters")
+    assert "I work on rate limits." in EncounterMessage.from_fields(fields).transcript
