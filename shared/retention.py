@@ -5,15 +5,13 @@ is the older of "now minus the window" and each group's oldest pending (or next
 undelivered) entry. Speech waiting for a stopped transcriber is kept, however old.
 """
 
-import logging
 import time
 from dataclasses import dataclass
 
 import redis
 
 from shared.settings import ServiceSettings
-
-log = logging.getLogger(__name__)
+from shared.streams import stream_id
 
 RAW = ("audio_segments", "frames")
 
@@ -29,17 +27,12 @@ class Trimmed:
     """Groups whose unacknowledged entries kept the trim short of its target."""
 
 
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
-
-
 def needed_by(client: redis.Redis, stream: str) -> dict[str, str]:
     """Per group, the oldest entry id it still needs: its oldest pending, else its next undelivered."""
     out = {}
     for group in client.xinfo_groups(stream):
         name = group["name"].decode()
-        ms, seq = _key(group["last-delivered-id"].decode())
+        ms, seq = stream_id(group["last-delivered-id"])
         oldest = f"{ms}-{seq + 1}"
         if group["pending"]:
             oldest = client.xpending(stream, name)["min"].decode()
@@ -57,18 +50,18 @@ def oldest_unfinished(client: redis.Redis, stream: str, group: str) -> float | N
         if g["name"].decode() != group:
             continue
         if g["pending"]:
-            return _key(client.xpending(stream, group)["min"].decode())[0] / 1000
+            return stream_id(client.xpending(stream, group)["min"])[0] / 1000
         if g.get("lag") != 0:
             after = client.xrange(stream, min=f"({g['last-delivered-id'].decode()}", count=1)
-            return _key(after[0][0].decode())[0] / 1000 if after else None
+            return stream_id(after[0][0])[0] / 1000 if after else None
     return None
 
 
 def trim_to(client: redis.Redis, stream: str, target: str, before: int) -> Trimmed:
     """XTRIM MINID ``target``, or less far where a group still needs an older entry."""
     needed = needed_by(client, stream)
-    holding = tuple(sorted(g for g, i in needed.items() if _key(i) < _key(target)))
-    min_id = min([target, *needed.values()], key=_key)
+    holding = tuple(sorted(g for g, i in needed.items() if stream_id(i) < stream_id(target)))
+    min_id = min([target, *needed.values()], key=stream_id)
     removed = client.xtrim(stream, minid=min_id, approximate=False)
     return Trimmed(stream, before, removed, holding)
 
@@ -87,7 +80,7 @@ def trim_cap(client: redis.Redis, stream: str, cap: int) -> Trimmed:
     if before <= cap:
         return Trimmed(stream, before, 0)
     [(last_over, _)] = client.xrange(stream, count=before - cap)[-1:]  # XADD's ~MAXLEN keeps this small
-    ms, seq = _key(last_over.decode())
+    ms, seq = stream_id(last_over)
     return trim_to(client, stream, f"{ms}-{seq + 1}", before)
 
 

@@ -71,6 +71,13 @@ class Groups:
     TRAINER = "trainer"
 
 
+def stream_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``"<ms>-<seq>"``) as a pair that orders as Redis orders ids."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, seq = text.split("-")
+    return int(ms), int(seq)
+
+
 def done_key(group: str, message_key: str) -> str:
     """Marks that ``group`` has written the outputs for one message (the idempotency record)."""
     return f"{KEY_PREFIX}:done:{group}:{message_key}"

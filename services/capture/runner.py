@@ -117,7 +117,7 @@ class CaptureRunner:
             self._warned = time.monotonic()
             log.warning(
                 "speech waits: %d segments not yet transcribed; none is dropped", waiting,
-                extra={"backlog": waiting, "stream": self.publisher.settings.streams.audio_segments},
+                extra={"backlog": waiting, "stream": self.settings.streams.audio_segments},
             )  # fmt: skip
 
     def _retention(self) -> None:

@@ -19,7 +19,7 @@ import redis
 from services.memory.extract import Extraction, Extractor, RulesExtractor
 from services.memory.settings import MatchSettings
 from shared.schemas import EMBEDDING_DIM, BadMessageError, embedding_from_bytes, embedding_to_bytes
-from shared.streams import MemoryKeys
+from shared.streams import MemoryKeys, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,6 @@ class Match:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _sid(entry_id: bytes) -> tuple[int, int]:
-    ms, seq = entry_id.split(b"-")
-    return int(ms), int(seq)
 
 
 def _stack(views: dict[bytes, bytes]) -> np.ndarray | None:
@@ -132,7 +127,7 @@ class PersonStore:
         if not changes:
             return
         oldest = self.redis.xrange(CHANGES, count=1)[0][0]
-        if self._seen_change != b"0-0" and _sid(oldest) > _sid(self._seen_change):
+        if self._seen_change != b"0-0" and stream_id(oldest) > stream_id(self._seen_change):
             self._load_all()  # the changes stream was trimmed past what this replica saw
             return
         self._seen_change = changes[-1][0]
