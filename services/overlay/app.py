@@ -25,11 +25,11 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from services.memory.admin import PersonAdmin
-from services.memory.person_store import PersonStore, _s, _sid
+from services.memory.person_store import PersonStore, _s
 from services.overlay.settings import OverlaySettings
 from shared.runtime import credentials
 from shared.schemas import BadMessageError, RecallMessage, TranscriptMessage, dead_letter
-from shared.streams import ADMIN_TOKEN_KEY, Groups, MemoryKeys, done_key
+from shared.streams import ADMIN_TOKEN_KEY, Groups, MemoryKeys, done_key, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ async def _follow(
             # XREAD answers stream by stream; the page wants them in the order they were written.
             entries = sorted(
                 (
-                    (_sid(eid), _s(stream), _s(eid), fields)
+                    (stream_id(eid), _s(stream), _s(eid), fields)
                     for stream, batch in reply or []
                     for eid, fields in batch
                 ),
