@@ -62,7 +62,9 @@ def test_a_frame_flood_is_shed_at_capture_and_speech_is_not_lost(
     capture = stack.start("capture", "--audio", str(wav), "--realtime", "--frames", "http", "--session", "fl")
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 60, "the ingest")
 
-    jpeg = cv2.imencode(".jpg", photo("astronaut"))[1].tobytes()
+    # six faces per frame: six embeddings each, so the face stage falls behind on any machine
+    # this runs on, rather than only where one face at 20 fps is too much
+    jpeg = cv2.imencode(".jpg", photo("t1"))[1].tobytes()
     answers: list[bool] = []
     samples: list[tuple[int, float, float, float]] = []  # face backlog, face RSS, capture RSS, Redis MB
 
