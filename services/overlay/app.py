@@ -322,6 +322,16 @@ def _event(stream: str, fields: dict[bytes, bytes], settings: OverlaySettings) -
     return "transcript", msg.model_dump(include={"segment_id", "session", "t_start", "t_end", "text"})
 
 
+# The mark and the letter are one step: a tab that closes between them would leave the
+# entry marked as filed with no letter, and no other tab would file it.
+FILE_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+end
+return false
+"""
+
+
 async def _dead_letter(
     client: aredis.Redis,
     settings: OverlaySettings,
@@ -332,9 +342,10 @@ async def _dead_letter(
 ) -> None:
     """Every tab sees a bad entry; the first one to get here files it in ``dlq``."""
     log.error("overlay cannot show %s entry %s: %s", stream, entry_id, exc)
-    if await client.set(done_key(Groups.OVERLAY, f"{stream}:{entry_id}"), 1, nx=True, ex=7 * 24 * 3600):
-        letter = dead_letter(stream, entry_id, str(exc), fields, group=Groups.OVERLAY)
-        await client.xadd(settings.streams.dlq, letter, maxlen=settings.caps.dlq, approximate=True)
+    letter = dead_letter(stream, entry_id, str(exc), fields, group=Groups.OVERLAY)
+    keys = [done_key(Groups.OVERLAY, f"{stream}:{entry_id}"), settings.streams.dlq]
+    args = [7 * 24 * 3600, settings.caps.dlq, *(x for pair in letter.items() for x in pair)]
+    await client.register_script(FILE_ONCE)(keys=keys, args=args)
 
 
 async def _follow(
@@ -356,16 +367,21 @@ async def _follow(
                     for eid, fields in batch
                 ),
             )
+            events: list[dict[str, str]] = []
             for _, stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
                 event_id = f"{cursors[settings.streams.recalls]},{cursors[settings.streams.transcripts]}"
                 try:
                     kind, data = _event(stream, fields, settings)
                 except BadMessageError as exc:
+                    # Filed before any event of the batch goes out: a tab closed as soon as it
+                    # has what it wanted must not skip the letter.
                     await _dead_letter(client, settings, stream, entry_id, fields, exc)
                     continue
-                EVENTS.labels(kind).inc()
-                yield {"event": kind, "id": event_id, "data": json.dumps(data)}
+                events.append({"event": kind, "id": event_id, "data": json.dumps(data)})
+            for event in events:
+                EVENTS.labels(event["event"]).inc()
+                yield event
     finally:
         CLIENTS.dec()
         await client.aclose()

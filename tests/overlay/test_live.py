@@ -75,10 +75,10 @@ def test_a_reconnecting_tab_misses_nothing(r: redis.Redis, overlay: Overlay) -> 
         publish(r, recall(1), said(1, "hello there"), recall(2, "Tom Berg"))
         first = Events(res).take(3)
 
-    # While the tab is away: two good entries, one that no reader can parse, and one more.
-    publish(r, said(2, "how was the climb"), recall(3, "Lee Wong"))
+    # While the tab is away: three good entries, then one that no reader can parse. Each tab
+    # closes as soon as it has its three events; the bad entry must be filed all the same.
+    publish(r, said(2, "how was the climb"), recall(3, "Lee Wong"), said(3, "see you soon"))
     r.xadd("recalls", {"v": "9", "recall_id": "bad"})
-    publish(r, said(3, "see you soon"))
 
     with events(overlay, first[-1]["id"]) as res:
         second = Events(res).take(3)
