@@ -27,6 +27,7 @@ from sse_starlette.sse import EventSourceResponse
 from services.memory.admin import PersonAdmin
 from services.memory.person_store import PersonStore, _s
 from services.overlay.settings import OverlaySettings
+from shared.consumer import COMMIT_SCRIPT
 from shared.runtime import credentials
 from shared.schemas import BadMessageError, RecallMessage, TranscriptMessage, dead_letter
 from shared.streams import ADMIN_TOKEN_KEY, Groups, MemoryKeys, done_key, stream_id
@@ -322,16 +323,6 @@ def _event(stream: str, fields: dict[bytes, bytes], settings: OverlaySettings) -
     return "transcript", msg.model_dump(include={"segment_id", "session", "t_start", "t_end", "text"})
 
 
-# The mark and the letter are one step: a tab that closes between them would leave the
-# entry marked as filed with no letter, and no other tab would file it.
-FILE_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-end
-return false
-"""
-
-
 async def _dead_letter(
     client: aredis.Redis,
     settings: OverlaySettings,
@@ -343,9 +334,12 @@ async def _dead_letter(
     """Every tab sees a bad entry; the first one to get here files it in ``dlq``."""
     log.error("overlay cannot show %s entry %s: %s", stream, entry_id, exc)
     letter = dead_letter(stream, entry_id, str(exc), fields, group=Groups.OVERLAY)
-    keys = [done_key(Groups.OVERLAY, f"{stream}:{entry_id}"), settings.streams.dlq]
-    args = [7 * 24 * 3600, settings.caps.dlq, *(x for pair in letter.items() for x in pair)]
-    await client.register_script(FILE_ONCE)(keys=keys, args=args)
+    # The consumer loop's commit script, so that the mark and the letter are one step: a tab
+    # closed between the two would leave the entry marked as filed with no letter.
+    key = done_key(Groups.OVERLAY, f"{stream}:{entry_id}")
+    args = [7 * 24 * 3600, 1, key, 1, settings.streams.dlq, settings.caps.dlq, len(letter)]
+    args += [x for pair in letter.items() for x in pair]
+    await client.register_script(COMMIT_SCRIPT)(args=args)
 
 
 async def _follow(
