@@ -66,6 +66,20 @@ return written
 """
 
 
+def commit_args(
+    ttl_s: int, work: Sequence[tuple[str, Sequence[tuple[str, int, Mapping[str, bytes | str]]]]]
+) -> list[bytes | str | int]:
+    """Arguments of ``COMMIT_SCRIPT``: per done key, the entries (stream, cap, fields) it guards."""
+    args: list[bytes | str | int] = [ttl_s, len(work)]
+    for key, entries in work:
+        args += [key, len(entries)]
+        for stream, cap, fields in entries:
+            args += [stream, cap, len(fields)]
+            for name, value in fields.items():
+                args += [name, value]
+    return args
+
+
 class Handler(Protocol):
     """A stage's work: one parsed message in, the messages to publish out."""
 
@@ -435,15 +449,19 @@ class Consumer:
 
     def _script_args(self, work: list[tuple[str, Outputs]]) -> list[bytes | str | int]:
         """Arguments of the commit script: per done key, the outputs it guards."""
-        args: list[bytes | str | int] = [self.cfg.dedupe_ttl_s, len(work)]
-        for key, outputs in work:
-            args += [key, len(outputs)]
-            for out in outputs:
-                fields = out.to_fields()
-                args += [getattr(self.settings.streams, out.STREAM), self.cap_of(out.STREAM), len(fields)]
-                for name, value in fields.items():
-                    args += [name, value]
-        return args
+        return commit_args(
+            self.cfg.dedupe_ttl_s,
+            [
+                (
+                    key,
+                    [
+                        (getattr(self.settings.streams, o.STREAM), self.cap_of(o.STREAM), o.to_fields())
+                        for o in outputs
+                    ],
+                )
+                for key, outputs in work
+            ],
+        )
 
     def _dead_letter(self, entry: _Entry) -> dict[str, bytes | str]:
         return dead_letter(

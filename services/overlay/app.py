@@ -27,7 +27,7 @@ from sse_starlette.sse import EventSourceResponse
 from services.memory.admin import PersonAdmin
 from services.memory.person_store import PersonStore, _s
 from services.overlay.settings import OverlaySettings
-from shared.consumer import COMMIT_SCRIPT
+from shared.consumer import COMMIT_SCRIPT, commit_args
 from shared.runtime import credentials
 from shared.schemas import BadMessageError, RecallMessage, TranscriptMessage, dead_letter
 from shared.streams import ADMIN_TOKEN_KEY, Groups, MemoryKeys, done_key, stream_id
@@ -337,8 +337,9 @@ async def _dead_letter(
     # The consumer loop's commit script, so that the mark and the letter are one step: a tab
     # closed between the two would leave the entry marked as filed with no letter.
     key = done_key(Groups.OVERLAY, f"{stream}:{entry_id}")
-    args = [7 * 24 * 3600, 1, key, 1, settings.streams.dlq, settings.caps.dlq, len(letter)]
-    args += [x for pair in letter.items() for x in pair]
+    args = commit_args(
+        settings.consumer.dedupe_ttl_s, [(key, [(settings.streams.dlq, settings.caps.dlq, letter)])]
+    )
     await client.register_script(COMMIT_SCRIPT)(args=args)
 
 
