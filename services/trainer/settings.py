@@ -25,6 +25,8 @@ class LoraSettings(SettingsGroup):
 
     base_model: str = "auto"
     """A Hugging Face model id or directory; ``auto``: the packaged SmolLM2-135M-Instruct GGUF."""
+    cache_dir: Path = STATE / "models"
+    """``auto``'s GGUF is converted once to a fp32 checkpoint here (~540 MB), then loads in a second."""
     quantize: str = "auto"
     """``4bit`` (Q-LoRA, NF4 via bitsandbytes, CUDA only), ``none`` (fp32), or ``auto`` (4bit on CUDA)."""
     r: int = Field(8, ge=1)

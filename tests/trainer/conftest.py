@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from services.trainer.settings import DatasetSettings, JobSettings, LoraSettings, TrainerSettings
@@ -27,11 +29,19 @@ def encounter(i: int, **change: object) -> EncounterMessage:
     return EncounterMessage(**(fields | change))  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Empty at the start of a run, so every run converts the packaged GGUF once."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture
-def trainer_settings(redis_server: RedisServer, settings: ServiceSettings, tmp_path) -> TrainerSettings:  # type: ignore[no-untyped-def]
+def trainer_settings(
+    redis_server: RedisServer, settings: ServiceSettings, model_cache: Path, tmp_path: Path
+) -> TrainerSettings:
     return TrainerSettings(
         redis_url=redis_server.url, consumer=settings.consumer, consumer_name="trainer-test",
         dataset=DatasetSettings(dir=tmp_path / "dataset", eval_fraction=0.34),
-        lora=LoraSettings(steps=24, batch_size=4, learning_rate=1e-3),
+        lora=LoraSettings(steps=24, batch_size=4, learning_rate=1e-3, cache_dir=model_cache),
         trainer=JobSettings(adapters_dir=tmp_path / "adapters", every_rows=10, check_every_s=0.1),
     )  # fmt: skip
