@@ -8,17 +8,19 @@ is reclaimed (XAUTOCLAIM) and redone; the "done" record makes the redo a no-op w
 outputs had already been written. See docs/ARCHITECTURE.md for the delivery rules.
 """
 
+import enum
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.commit import Committer, Work
 from shared.schemas import BadMessageError, StreamMessage, dead_letter, now
 from shared.settings import ServiceSettings
 from shared.streams import done_key, heartbeat_key
@@ -43,42 +45,6 @@ LAG = Gauge("convo_lag_entries", "Entries in the stream not yet delivered to the
 
 Outputs = Sequence[StreamMessage]
 
-# ARGV: ttl, n; then per message: done_key, n_outputs; per output: stream, maxlen, n_fields,
-# then the field names and values. Returns 1 per message whose outputs it wrote, 0 per duplicate.
-COMMIT_SCRIPT = """
-local pos, written = 3, {}
-for m = 1, tonumber(ARGV[2]) do
-  local fresh = redis.call('SET', ARGV[pos], '1', 'NX', 'EX', ARGV[1])
-  local n_out = tonumber(ARGV[pos + 1])
-  pos = pos + 2
-  for o = 1, n_out do
-    local n = tonumber(ARGV[pos + 2])
-    if fresh then
-      local cmd = {'XADD', ARGV[pos], 'MAXLEN', '~', ARGV[pos + 1], '*'}
-      for f = pos + 3, pos + 2 + 2 * n do cmd[#cmd + 1] = ARGV[f] end
-      redis.call(unpack(cmd))
-    end
-    pos = pos + 3 + 2 * n
-  end
-  written[m] = fresh and 1 or 0
-end
-return written
-"""
-
-
-def commit_args(
-    ttl_s: int, work: Sequence[tuple[str, Sequence[tuple[str, int, Mapping[str, bytes | str]]]]]
-) -> list[bytes | str | int]:
-    """Arguments of ``COMMIT_SCRIPT``: per done key, the entries (stream, cap, fields) it guards."""
-    args: list[bytes | str | int] = [ttl_s, len(work)]
-    for key, entries in work:
-        args += [key, len(entries)]
-        for stream, cap, fields in entries:
-            args += [stream, cap, len(fields)]
-            for name, value in fields.items():
-                args += [name, value]
-    return args
-
 
 class Handler(Protocol):
     """A stage's work: one parsed message in, the messages to publish out."""
@@ -90,22 +56,32 @@ class Ticker(Protocol):
     """Work a stage does on a clock rather than on a message (closing conversations that went quiet).
 
     Its outputs are written once each, keyed by their own ids, however many replicas tick.
-    A ticker may also have ``committed(outputs)``, called once they are written: the state
-    they were made from may go then, and not before, so a crash in between loses nothing.
+    ``committed(outputs)`` is called once they are written: the state they were made from may
+    go then, and not before, so a crash in between loses nothing.
     """
 
     every_s: float
 
     def tick(self) -> Outputs: ...
 
+    def committed(self, outputs: Outputs, /) -> None: ...
 
-class BatchedHandler:
-    """Base of handlers that are faster on several messages at once (GPU batching).
+
+@runtime_checkable
+class BatchHandler(Protocol):
+    """A handler that is faster on several messages at once (GPU batching).
 
     ``handle_batch`` returns one result per message: its outputs, or the exception that
-    message raised. The loop gives it every waiting message of a batch; calling the handler
-    handles one message.
+    message raised. The loop gives it every waiting message of a batch.
     """
+
+    def __call__(self, msg: Any, /) -> Outputs: ...
+
+    def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]: ...
+
+
+class BatchedHandler:
+    """Base of :class:`BatchHandler` implementations: calling it handles one message as a batch of one."""
 
     def handle_batch(self, msgs: Sequence[Any], /) -> list[Outputs | Exception]:
         raise NotImplementedError
@@ -128,6 +104,16 @@ class Stats:
     reclaimed: int = 0
 
 
+class Outcome(enum.Enum):
+    """Where an entry of a batch stands."""
+
+    PENDING = "pending"  # not handled yet (or left for another consumer on SIGTERM)
+    DONE = "ok"  # handled: its outputs are to be written, then it is acked
+    DUPLICATE = "duplicate"  # its outputs were written before: acked only
+    RETRY = "retry"  # failed; left pending for a redelivery
+    DEAD = "dlq"  # to the dead-letter stream, then acked
+
+
 @dataclass
 class _Entry:
     stream: str
@@ -135,11 +121,13 @@ class _Entry:
     fields: dict[bytes, bytes]
     deliveries: int
     msg: StreamMessage | None = None
-    outputs: Outputs | None = None
-    error: str | None = None
-    duplicate: bool = False
-    fatal: bool = False  # retrying cannot help: dead-letter at once
+    outcome: Outcome = Outcome.PENDING
+    outputs: Outputs = ()
+    error: str = ""
     started: float = field(default_factory=time.perf_counter)
+
+    def dead(self, error: str) -> None:
+        self.outcome, self.error = Outcome.DEAD, error
 
 
 class Consumer:
@@ -172,7 +160,8 @@ class Consumer:
         }
         self._last_claim = 0.0
         self._last_beat = 0.0
-        self._commit_script = client.register_script(COMMIT_SCRIPT)
+        self._commit = Committer(client, self.cfg.dedupe_ttl_s)
+        self._claim_from = dict.fromkeys(self._routes, "0-0")
 
     def stream_of(self, model: type[StreamMessage]) -> str:
         """The configured stream name of a message type."""
@@ -236,11 +225,9 @@ class Consumer:
             return
         if outputs:
             work = [(done_key(self.group, f"{out.STREAM}:{out.key}"), [out]) for out in outputs]
-            written = self._commit_script(args=self._script_args(work))
+            written = self._commit(self._work(work))
             log.info("group %s tick: %d outputs, %d new", self.group, len(outputs), sum(written))
-        committed = getattr(self.ticker, "committed", None)
-        if committed is not None:
-            committed(outputs)
+        self.ticker.committed(outputs)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -289,7 +276,11 @@ class Consumer:
         ]
 
     def _claim(self) -> list[_Entry]:
-        """Take over entries idle longer than ``claim_idle_ms`` (a crashed or failing consumer's)."""
+        """Take over entries idle longer than ``claim_idle_ms`` (a crashed or failing consumer's).
+
+        Each call goes on from where the last one stopped, so a long pending list is worked
+        through in turn rather than its head coming back each time.
+        """
         t = time.monotonic()
         if t - self._last_claim < self.cfg.claim_every_s:
             return []
@@ -301,9 +292,10 @@ class Consumer:
                 self.group,
                 self.name,
                 self.cfg.claim_idle_ms,
-                "0-0",
+                self._claim_from[stream],
                 count=self.cfg.batch_size,
             )
+            self._claim_from[stream] = reply[0]
             entries = [(eid, fields) for eid, fields in reply[1] if fields is not None]
             if not entries:
                 continue
@@ -339,20 +331,20 @@ class Consumer:
             self._parse(entry)
         self._skip_done(batch)
         for stream, (_, handler) in self._routes.items():
-            todo = [e for e in batch if e.stream == stream and e.msg is not None and e.outputs is None]
-            if todo and not (self.stop.is_set() and any(e.outputs for e in batch)):
+            todo = [e for e in batch if e.stream == stream and e.outcome is Outcome.PENDING]
+            if todo and not (self.stop.is_set() and any(e.outcome is Outcome.DONE for e in batch)):
                 self._handle(handler, todo)
-        self._commit(batch)
+        self._write(batch)
 
     def _parse(self, entry: _Entry) -> None:
         model = self._routes[entry.stream][0]
         if entry.deliveries > self.cfg.max_deliveries:
-            entry.error = f"delivered {entry.deliveries} times without an ack (the consumer died handling it)"
+            entry.dead(f"delivered {entry.deliveries} times without an ack (the consumer died handling it)")
             return
         try:
             entry.msg = model.from_fields(entry.fields, self.cfg.max_field_bytes)
         except BadMessageError as exc:
-            entry.error, entry.fatal = str(exc), True
+            entry.dead(str(exc))
 
     def _skip_done(self, batch: list[_Entry]) -> None:
         """Skip the handler for redelivered messages whose outputs were already written.
@@ -360,21 +352,19 @@ class Consumer:
         Only redeliveries are looked up: for a first delivery the commit script finds any
         duplicate anyway, and the lookup would cost a round trip per batch.
         """
-        redelivered = [e for e in batch if e.msg is not None and e.deliveries > 1]
+        redelivered = [
+            e for e in batch if e.msg is not None and e.outcome is Outcome.PENDING and e.deliveries > 1
+        ]
         if not redelivered:
             return
         keys = [done_key(self.group, e.msg.key) for e in redelivered]  # type: ignore[union-attr]
         for entry, mark in zip(redelivered, self.redis.mget(keys), strict=True):
             if mark is not None:
-                entry.outputs = ()
-                entry.duplicate = True
+                entry.outcome = Outcome.DUPLICATE
 
     def _handle(self, handler: Handler, todo: list[_Entry]) -> None:
-        batch_fn: Callable[[Sequence[Any]], list[Outputs | Exception]] | None = getattr(
-            handler, "handle_batch", None
-        )
-        if batch_fn is not None and len(todo) > 1 and not self.stop.is_set():
-            results = self._guard(lambda: batch_fn([e.msg for e in todo]), len(todo))
+        if isinstance(handler, BatchHandler) and len(todo) > 1 and not self.stop.is_set():
+            results = self._guard(lambda: handler.handle_batch([e.msg for e in todo]), len(todo))
             for entry, result in zip(todo, results, strict=True):
                 self._record(entry, result)
             return
@@ -392,76 +382,64 @@ class Consumer:
             return [exc] * n
 
     def _record(self, entry: _Entry, result: Outputs | Exception) -> None:
-        stream = entry.stream
-        LATENCY.labels(self.group, stream).observe(time.perf_counter() - entry.started)
-        if isinstance(result, Exception):
-            entry.error = f"{type(result).__name__}: {result}"
-            if isinstance(result, BadMessageError):
-                entry.fatal = True
-            elif entry.deliveries < self.cfg.max_deliveries:
-                log.warning(
-                    "stream=%s id=%s ms=%.0f outcome=retry deliveries=%d error=%s",
-                    stream,
-                    entry.entry_id.decode(),
-                    self._ms(entry),
-                    entry.deliveries,
-                    entry.error,
-                    exc_info=result,
-                    extra=self._fields(entry, "retry"),
-                )
-                FAILED.labels(self.group, stream).inc()
-                self.stats.failed += 1
-        else:
-            entry.outputs = list(result)
+        LATENCY.labels(self.group, entry.stream).observe(time.perf_counter() - entry.started)
+        if not isinstance(result, Exception):
+            entry.outcome, entry.outputs = Outcome.DONE, list(result)
+            return
+        error = f"{type(result).__name__}: {result}"
+        if isinstance(result, BadMessageError) or entry.deliveries >= self.cfg.max_deliveries:
+            entry.dead(error)
+            return
+        entry.outcome, entry.error = Outcome.RETRY, error
+        log.warning(
+            "stream=%s id=%s ms=%.0f outcome=retry deliveries=%d error=%s",
+            entry.stream,
+            entry.entry_id.decode(),
+            self._ms(entry),
+            entry.deliveries,
+            error,
+            exc_info=result,
+            extra=self._fields(entry, "retry"),
+        )
+        FAILED.labels(self.group, entry.stream).inc()
+        self.stats.failed += 1
 
     # -- writing ---------------------------------------------------------------------
 
-    def _commit(self, batch: list[_Entry]) -> None:
+    def _write(self, batch: list[_Entry]) -> None:
         """Write outputs, done records, dead letters and acks in one MULTI (one round trip).
 
         The commit script sets each message's done key with NX and writes its outputs
         only if it was not set before, so a message committed by two replicas (or twice in
         one batch) has its outputs written once.
         """
-        finished = [e for e in batch if e.outputs is not None]
-        dead = [
-            e
-            for e in batch
-            if e.outputs is None and e.error and (e.fatal or e.deliveries >= self.cfg.max_deliveries)
-        ]
-        fresh = [e for e in finished if not e.duplicate]
+        fresh = [e for e in batch if e.outcome is Outcome.DONE]
+        dead = [e for e in batch if e.outcome is Outcome.DEAD]
+        acked = [e for e in batch if e.outcome in (Outcome.DONE, Outcome.DUPLICATE, Outcome.DEAD)]
         with self.redis.pipeline(transaction=True) as pipe:
             if fresh:
-                work = [(done_key(self.group, e.msg.key), e.outputs or ()) for e in fresh]  # type: ignore[union-attr]
-                self._commit_script(args=self._script_args(work), client=pipe)
+                work = [(done_key(self.group, e.msg.key), e.outputs) for e in fresh]  # type: ignore[union-attr]
+                self._commit(self._work(work), pipe)
             for entry in dead:
                 pipe.xadd(
                     self.settings.streams.dlq, self._dead_letter(entry),
                     maxlen=self.settings.caps.dlq, approximate=True,
                 )  # fmt: skip
-            for stream in {e.stream for e in finished + dead}:
-                pipe.xack(stream, self.group, *[e.entry_id for e in finished + dead if e.stream == stream])
+            for stream in {e.stream for e in acked}:
+                pipe.xack(stream, self.group, *[e.entry_id for e in acked if e.stream == stream])
             replies = pipe.execute()
         if fresh:
             for entry, written in zip(fresh, replies[0], strict=True):
-                entry.duplicate = not written
-        self._account(finished, dead)
+                if not written:
+                    entry.outcome = Outcome.DUPLICATE
+        self._account(acked)
 
-    def _script_args(self, work: list[tuple[str, Outputs]]) -> list[bytes | str | int]:
-        """Arguments of the commit script: per done key, the outputs it guards."""
-        return commit_args(
-            self.cfg.dedupe_ttl_s,
-            [
-                (
-                    key,
-                    [
-                        (getattr(self.settings.streams, o.STREAM), self.cap_of(o.STREAM), o.to_fields())
-                        for o in outputs
-                    ],
-                )
-                for key, outputs in work
-            ],
-        )
+    def _work(self, work: list[tuple[str, Outputs]]) -> Work:
+        """Per done key, the stream entries of the outputs it guards."""
+        return [
+            (key, [(self.stream_of(type(o)), self.cap_of(o.STREAM), o.to_fields()) for o in outputs])
+            for key, outputs in work
+        ]
 
     def _dead_letter(self, entry: _Entry) -> dict[str, bytes | str]:
         return dead_letter(
@@ -469,36 +447,31 @@ class Consumer:
             group=self.group, consumer=self.name, deliveries=str(entry.deliveries),
         )  # fmt: skip
 
-    def _account(self, finished: list[_Entry], dead: list[_Entry]) -> None:
-        for entry in finished:
+    def _account(self, acked: list[_Entry]) -> None:
+        for entry in acked:
             stream, eid = entry.stream, entry.entry_id.decode()
-            if entry.duplicate:
+            if entry.outcome is Outcome.DUPLICATE:
                 DUPLICATES.labels(self.group, stream).inc()
                 self.stats.duplicates += 1
-                fields = self._fields(entry, "duplicate")
-                log.info("stream=%s id=%s outcome=duplicate", stream, eid, extra=fields)
-            else:
+                log.info(
+                    "stream=%s id=%s outcome=duplicate", stream, eid, extra=self._fields(entry, "duplicate")
+                )
+            elif entry.outcome is Outcome.DONE:
                 PROCESSED.labels(self.group, stream).inc()
                 self.stats.processed += 1
+                n = len(entry.outputs)
                 log.info(
                     "stream=%s id=%s ms=%.0f outcome=ok outputs=%d",
-                    stream,
-                    eid,
-                    self._ms(entry),
-                    len(entry.outputs or ()),
-                    extra=self._fields(entry, "ok", outputs=len(entry.outputs or ())),
-                )
-        for entry in dead:
-            DEAD.labels(self.group, entry.stream).inc()
-            self.stats.dead_lettered += 1
-            log.error(
-                "stream=%s id=%s outcome=dlq deliveries=%d error=%s",
-                entry.stream,
-                entry.entry_id.decode(),
-                entry.deliveries,
-                entry.error,
-                extra=self._fields(entry, "dlq", error=entry.error),
-            )
+                    stream, eid, self._ms(entry), n, extra=self._fields(entry, "ok", outputs=n),
+                )  # fmt: skip
+            else:
+                DEAD.labels(self.group, stream).inc()
+                self.stats.dead_lettered += 1
+                log.error(
+                    "stream=%s id=%s outcome=dlq deliveries=%d error=%s",
+                    stream, eid, entry.deliveries, entry.error,
+                    extra=self._fields(entry, "dlq", error=entry.error),
+                )  # fmt: skip
 
     def _fields(self, entry: _Entry, outcome: str, **more: object) -> dict[str, object]:
         """The structured fields of a log line about one entry: ids and numbers, never its payload."""

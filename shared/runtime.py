@@ -1,10 +1,13 @@
 """What every service's ``__main__`` does: logging, metrics, the Redis client, ``--check``."""
 
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import redis
 from prometheus_client import start_http_server
@@ -17,6 +20,27 @@ from shared.settings import ServiceSettings
 from shared.streams import heartbeat_key
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+LOCAL_ACL = Path(__file__).resolve().parents[1] / ".convo" / "acl"
+"""Where ``convo up`` keeps the local stack's users."""
+
+
+def local_login(settings: S) -> S:
+    """On the local stack's default Redis, log in with the users ``convo up`` made."""
+    if (
+        settings.acl_dir is None
+        and "CONVO_REDIS_URL" not in os.environ
+        and (LOCAL_ACL / "admin.pass").exists()
+    ):
+        return settings.model_copy(update={"acl_dir": LOCAL_ACL})
+    return settings
+
+
+def admin_client() -> tuple[redis.Redis, ServiceSettings]:
+    """An operator's client (``admin``) and the settings it was made from."""
+    settings = local_login(ServiceSettings())
+    return connect(settings, acl.ADMIN), settings
 
 
 def credentials(settings: ServiceSettings, user: str) -> dict[str, str]:

@@ -1,18 +1,16 @@
 """Faces and transcripts in; recall cards and finished conversations out."""
 
-import json
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 
 import redis
 from prometheus_client import Counter
 
+from services.memory.conversations import Closing, Conversations
 from services.memory.extract import Extractor
-from services.memory.person_store import PersonStore, _s
+from services.memory.person_store import PersonStore
 from services.memory.settings import MemorySettings
-from shared.retention import oldest_unfinished
 from shared.schemas import (
     BadMessageError,
     EncounterMessage,
@@ -21,7 +19,7 @@ from shared.schemas import (
     StreamMessage,
     TranscriptMessage,
 )
-from shared.streams import Groups, MemoryKeys
+from shared.streams import Groups
 
 log = logging.getLogger(__name__)
 CAUGHT_UP_S = 5.0
@@ -33,20 +31,20 @@ ENCOUNTERS = Counter("convo_memory_encounters_total", "Conversations closed, by 
 class MemoryHandler:
     """Identifies faces, assembles each session's conversation, and closes it when it goes quiet.
 
-    A session's conversation in progress lives in Redis (``MemoryKeys.open_encounter``),
-    so any replica can add to it or close it; a per-session lock keeps them in order.
+    It decides; the person store and the conversations (``conversations.py``) keep the state in
+    Redis, so any replica can add to a conversation or close it.
     """
 
     def __init__(
         self, client: redis.Redis, settings: MemorySettings, extractor: Extractor | None = None
     ) -> None:
-        self.redis = client
         self.settings = settings
         self.store = PersonStore(client, settings.match, extractor, wearer=settings.wearer_name)
+        self.conversations = Conversations(client)
         self.every_s = settings.encounter.tick_s
 
     def _known_session(self, session: str) -> None:
-        if not self.redis.sismember(MemoryKeys.SESSIONS, session):
+        if not self.conversations.known_session(session):
             raise BadMessageError(f"unknown session {session!r}: no capture announced it")
 
     # -- faces ---------------------------------------------------------------------------
@@ -68,28 +66,16 @@ class MemoryHandler:
         if result.person_id is None:
             return []
         area = max(msg.bbox[2] - msg.bbox[0], 0) * max(msg.bbox[3] - msg.bbox[1], 0)
-        with self._session_lock(msg.session):
-            key = self._open(msg.session, msg.t)
-            self.redis.zincrby(key + ":faces", area, result.person_id)
-            self.redis.hset(key, "t_seen", repr(time.time()))
-        if not self._card_due(result.person_id, msg.face_id):
+        self.conversations.seen(msg.session, result.person_id, area, msg.t, time.time())
+        if not self.store.repo.card_due(result.person_id, msg.face_id, self.settings.match.recall_cooldown_s):
             return []
-        person = self.store.profile(result.person_id)
-        card = self.store.recall(result.person_id, now=msg.t, person=person)
+        card = self.store.recall(result.person_id, now=msg.t)
         return [
             RecallMessage(
                 recall_id=msg.face_id, person_id=result.person_id, similarity=round(result.score, 4),
-                t=msg.t, thumb=msg.thumb, **card,
+                t=msg.t, thumb=msg.thumb, **card.model_dump(),
             )
         ]  # fmt: skip
-
-    def _card_due(self, pid: str, face_id: str) -> bool:
-        """At most one card per person per cooldown; a redelivered face keeps its card."""
-        key = MemoryKeys.recall_cooldown(pid)
-        ttl = max(int(self.settings.match.recall_cooldown_s), 1)
-        return (
-            bool(self.redis.set(key, face_id, nx=True, ex=ttl)) or _s(self.redis.get(key) or b"") == face_id
-        )
 
     # -- transcripts and conversations ---------------------------------------------------
 
@@ -97,17 +83,8 @@ class MemoryHandler:
         if not msg.text.strip():
             raise BadMessageError(f"segment {msg.segment_id}: empty transcript")
         self._known_session(msg.session)
-        with self._session_lock(msg.session):
-            current = self.redis.hgetall(MemoryKeys.open_encounter(msg.session))
-            if current and msg.t_start - float(current[b"t_last"]) > self.settings.encounter.gap_s:
-                self._seal(msg.session)  # the next tick writes it
-            key = self._open(msg.session, msg.t_start)
-            segment = json.dumps(
-                {"id": msg.segment_id, "t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text}
-            )
-            self.redis.hset(key + ":segments", msg.segment_id, segment)
-            last = float(self.redis.hget(key, "t_last") or 0)
-            self.redis.hset(key, mapping={"t_last": repr(max(last, msg.t_end)), "t_seen": repr(time.time())})
+        segment = {"id": msg.segment_id, "t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text}
+        self.conversations.heard(msg.session, segment, self.settings.encounter.gap_s, time.time())
         return []
 
     def tick(self) -> list[EncounterMessage]:
@@ -119,29 +96,21 @@ class MemoryHandler:
         written (:meth:`committed`): a replica killed in between leaves it for the next tick.
         """
         now = time.time()
-        open_sessions = [_s(s) for s in self.redis.smembers(MemoryKeys.OPEN_SESSIONS)]
-        if open_sessions and not self._caught_up(now):
-            open_sessions = []  # decide when memory has caught up
-        for session in open_sessions:
-            times = self.redis.hmget(MemoryKeys.open_encounter(session), "t_last", "t_seen")
-            latest = max((float(t) for t in times if t is not None), default=0.0)
-            if now - latest > self.settings.encounter.gap_s:
-                with self._session_lock(session):
-                    self._seal(session)
+        if self._caught_up(now):  # decide when memory has caught up
+            for session in self.conversations.open_sessions():
+                self.conversations.seal_if_quiet(session, now, self.settings.encounter.gap_s)
         out = []
-        for eid in sorted(_s(e) for e in self.redis.smembers(MemoryKeys.CLOSING)):
-            out += self._encounter(eid)
+        for eid in self.conversations.closing_ids():
+            closing = self.conversations.closing(eid)
+            if closing is not None:
+                out += self._encounter(closing)
         return out
 
     def committed(self, outputs: Sequence[StreamMessage]) -> None:
         """The encounters are in the stream: their ended conversations' state can go."""
         for msg in outputs:
             if isinstance(msg, EncounterMessage):
-                self._discard(msg.encounter_id)
-
-    def _session_lock(self, session: str):  # type: ignore[no-untyped-def]
-        # Held for a few Redis calls; a replica killed holding it blocks the session this long at most.
-        return self.redis.lock(MemoryKeys.session_lock(session), timeout=10, blocking_timeout=30)
+                self.conversations.discard(msg.encounter_id)
 
     def _caught_up(self, now: float) -> bool:
         """Whether memory has handled every face and transcript written before the last few seconds.
@@ -151,83 +120,40 @@ class MemoryHandler:
         """
         streams = (self.settings.streams.transcripts, self.settings.streams.faces)
         for stream in streams:
-            oldest = oldest_unfinished(self.redis, stream, Groups.MEMORY)
+            oldest = self.conversations.oldest_unfinished(stream, Groups.MEMORY)
             if oldest is not None and now - oldest > CAUGHT_UP_S:
                 return False
         return True
 
-    def _open(self, session: str, t: float) -> str:
-        """The session's open conversation, started at ``t`` if there is none."""
-        key = MemoryKeys.open_encounter(session)
-        eid = f"e-{session}-{uuid.uuid4().hex[:8]}"
-        if self.redis.hsetnx(key, "id", eid):
-            self.redis.hset(key, mapping={"t_start": repr(t), "t_last": repr(t)})
-            self.redis.sadd(MemoryKeys.OPEN_SESSIONS, session)
-        return key
-
-    def _seal(self, session: str) -> None:
-        """End the session's conversation: its state moves under the encounter's id, for tick to write."""
-        key = MemoryKeys.open_encounter(session)
-        eid = self.redis.hget(key, "id")
-        if eid is None:
-            self.redis.srem(MemoryKeys.OPEN_SESSIONS, session)
-            return
-        closing = MemoryKeys.closing(_s(eid))
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, "session", session)
-            for suffix in ("", ":segments", ":faces"):
-                pipe.rename(key + suffix, closing + suffix)
-            pipe.sadd(MemoryKeys.CLOSING, eid)
-            pipe.srem(MemoryKeys.OPEN_SESSIONS, session)
-            pipe.execute(raise_on_error=False)  # a conversation without faces has no :faces to move
-
-    def _discard(self, eid: str) -> None:
-        closing = MemoryKeys.closing(eid)
-        with self.redis.pipeline() as pipe:
-            pipe.delete(closing, closing + ":segments", closing + ":faces")
-            pipe.srem(MemoryKeys.CLOSING, eid)
-            pipe.execute()
-
-    def _encounter(self, eid: str) -> list[EncounterMessage]:
-        """The ended conversation ``eid`` as an encounter, recorded in the person's profile (once)."""
-        key = MemoryKeys.closing(eid)
-        current = {_s(k): _s(v) for k, v in self.redis.hgetall(key).items()}
-        if not current:
-            self.redis.srem(MemoryKeys.CLOSING, eid)
-            return []
-        session = current["session"]
-        segments = sorted(
-            (json.loads(v) for v in self.redis.hvals(key + ":segments")), key=lambda s: s["t_start"]
-        )
-        seen = self.redis.zrevrange(key + ":faces", 0, 0)
-        if not segments or not seen:
-            outcome = "no speech" if not segments else "no face"
+    def _encounter(self, c: Closing) -> list[EncounterMessage]:
+        """The ended conversation as an encounter, recorded in the person's profile (once)."""
+        if not c.segments or not c.people:
+            outcome = "no speech" if not c.segments else "no face"
             ENCOUNTERS.labels(outcome).inc()
-            log.info("encounter=%s session=%s closed without a record: %s", eid, session, outcome)
-            self._discard(eid)
+            log.info("encounter=%s session=%s closed without a record: %s", c.id, c.session, outcome)
+            self.conversations.discard(c.id)
             return []
-        pid = _s(seen[0])
-        transcript = " ".join(s["text"] for s in segments)
+        pid = c.people[0]
+        transcript = " ".join(s["text"] for s in c.segments)
         extraction = self.store.extractor.extract(transcript, self.store.wearer)
-        t_start, t_end = float(current["t_start"]), max(s["t_end"] for s in segments)
-        segment_ids = [s["id"] for s in segments]
-        with self._session_lock(session):  # two replicas ticking at once record it once
+        t_end = max(s["t_end"] for s in c.segments)
+        with self.conversations.lock(c.session):  # two replicas ticking at once record it once
             self.store.record_encounter(
-                pid, eid, extraction, t_start, t_end, session, transcript, segment_ids
+                pid, c.id, extraction, c.t_start, t_end, c.session, transcript, [s["id"] for s in c.segments]
             )
-        self.redis.delete(MemoryKeys.recall_cooldown(pid))  # there is news: the next sighting gets a card
+        self.store.repo.news(pid)
         ENCOUNTERS.labels("recorded").inc()
         log.info(
             "encounter=%s session=%s person=%s segments=%d outcome=recorded",
-            eid,
-            session,
+            c.id,
+            c.session,
             pid,
-            len(segments),
+            len(c.segments),
         )
-        facts = [{"text": f, "kind": "fact", "source": eid} for f in extraction.facts]
+        facts = [{"text": f, "kind": "fact", "source": c.id} for f in extraction.facts]
         return [
             EncounterMessage(
-                encounter_id=eid, session=session, person_id=pid, t_start=t_start, t_end=t_end,
+                encounter_id=c.id, session=c.session, person_id=pid, t_start=c.t_start, t_end=t_end,
                 transcript=transcript, summary=extraction.summary, facts=facts,
                 name=extraction.name or "", company=extraction.company or "", role=extraction.role or "",
                 place=extraction.place or "", topics=extraction.topics[:20],

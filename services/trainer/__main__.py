@@ -35,7 +35,7 @@ def train() -> None:
     """Run one training job now (what the service starts when enough rows have come)."""
     settings = TrainerSettings()
     configure_logging(settings.log_level, settings.log_format)
-    from shared.cli import run_training
+    from services.trainer.cli import run_training
 
     run_training(Groups.TRAINER)
 

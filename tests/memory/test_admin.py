@@ -30,9 +30,9 @@ def test_rename_merge_and_not_this_person(admin: PersonAdmin, embeddings: dict[s
     b = store.identify(embeddings["t1-1"]).person_id
     assert a and b
     admin.rename(a, "Maya Patel")
-    assert store.profile(a)["name"] == "Maya Patel"
+    assert store.profile(a).name == "Maya Patel"
     admin.merge(a, b)  # b was a all along
-    assert store.person_ids() == [a] and store.profile(a)["views"] == 2
+    assert store.person_ids() == [a] and store.profile(a).views == 2
     assert store.identify(embeddings["t1-1"]).person_id == a, "the merged view now finds the merged person"
     view = sorted(k.decode() for k in store.redis.hkeys(MemoryKeys.faces(a)))[1]
     split = admin.split(a, view)  # not this person after all
@@ -100,7 +100,7 @@ def test_forget_leaves_no_trace_of_the_person(
     run(r, memory_settings, handler)
     time.sleep(1.1)  # quiet for longer than the gap
     run(r, memory_settings, handler)
-    [pid] = [p for p in handler.store.person_ids() if handler.store.profile(p)["name"] == "Sarah Chen"]
+    [pid] = [p for p in handler.store.person_ids() if handler.store.profile(p).name == "Sarah Chen"]
     views = handler.store.views(pid)
     assert views is not None and scan_for(r, pid.encode(), views), "the person is there before"
 
@@ -126,7 +126,7 @@ def test_person_commands_of_the_cli(
 ) -> None:
     from typer.testing import CliRunner
 
-    from shared.cli import app
+    from services.cli import app
 
     monkeypatch.setenv("CONVO_REDIS_URL", settings.redis_url)
     monkeypatch.setenv("COLUMNS", "200")
@@ -140,6 +140,6 @@ def test_person_commands_of_the_cli(
     shown = cli.invoke(app, ["person", "show", pid])
     assert "Sarah Chen from Stripe" in shown.output and "works at Stripe" in shown.output
     assert cli.invoke(app, ["person", "rename", pid, "Sarah C."]).exit_code == 0
-    assert store.profile(pid)["name"] == "Sarah C."
+    assert store.profile(pid).name == "Sarah C."
     forgot = cli.invoke(app, ["person", "forget", pid, "--yes"])
     assert forgot.exit_code == 0 and "views: 1" in forgot.output and store.person_ids() == []

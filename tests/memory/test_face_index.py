@@ -5,7 +5,7 @@ from collections.abc import Collection
 import numpy as np
 import pytest
 
-from services.memory.person_store import FIRST_SCAN, FaceIndex
+from services.memory.face_index import FIRST_SCAN, FaceIndex
 
 
 def unit(x: np.ndarray) -> np.ndarray:

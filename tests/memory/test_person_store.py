@@ -26,9 +26,9 @@ def test_second_meeting_recalls_the_first(store: PersonStore, embeddings: dict[s
     assert "talked about rate limits for the payments API" in second
     assert store.person_ids() == [pid]
     person = store.profile(pid)
-    assert (person["name"], person["company"], person["encounters"]) == ("Sarah Chen", "Stripe", "2")
-    facts = {f["text"]: f for f in person["facts"]}
-    assert facts["works at Stripe"]["source"] == person["encounter_ids"][0], "facts keep their source"
+    assert (person.name, person.company, person.encounters) == ("Sarah Chen", "Stripe", 2)
+    facts = {f.text: f for f in person.facts}
+    assert facts["works at Stripe"].source == person.encounter_ids[0], "facts keep their source"
 
 
 def test_different_people_become_different_persons(
@@ -47,10 +47,10 @@ def test_a_new_look_is_added_to_the_views_up_to_the_cap(
     pid = store.identify(embeddings["astronaut"]).person_id
     assert pid is not None
     store.identify(embeddings["astronaut"])  # the same look: not kept twice
-    assert store.profile(pid)["views"] == 1
+    assert store.profile(pid).views == 1
     store.identify(embeddings["astronaut-flipped"])  # 0.966: a new look
     store.identify(embeddings["astronaut-small"])
-    assert store.profile(pid)["views"] == 2
+    assert store.profile(pid).views == 2
 
 
 def test_margin_rule_rejects_an_ambiguous_match(r: redis.Redis, embeddings: dict[str, np.ndarray]) -> None:

@@ -71,7 +71,7 @@ def test_people_list_search_show_and_every_change(
 
     renamed = api.post(f"/api/people/{people['stranger']}/rename", json={"name": "Lee Wong"}, headers=AUTH)
     assert renamed.json()["name"] == "Lee Wong"
-    assert store.profile(people["stranger"])["name"] == "Lee Wong"
+    assert store.profile(people["stranger"]).name == "Lee Wong"
 
     merged = api.post(f"/api/people/{people['tom']}/merge", json={"other": people["stranger"]}, headers=AUTH)
     assert merged.status_code == 200 and merged.json()["views"] == 2

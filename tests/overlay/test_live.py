@@ -140,7 +140,7 @@ def test_the_overlay_page_shows_the_card_when_a_recall_comes(
         similarity=0.95,
         t=time.time(),
         thumb=seen.thumb,
-        **card,
+        **card.model_dump(),
     )
     publish(r, live)
     page.wait_for_selector("#card.shown", timeout=10_000)
@@ -171,7 +171,7 @@ def test_the_people_page_lists_and_renames(
     page.once("dialog", lambda dialog: dialog.accept("Sarah C. Chen"))
     page.click("#rename")
     page.wait_for_function("document.getElementById('person-name').textContent === 'Sarah C. Chen'")
-    assert store.profile(people["sarah"])["name"] == "Sarah C. Chen"
+    assert store.profile(people["sarah"]).name == "Sarah C. Chen"
 
 
 def test_the_people_page_asks_for_the_token_when_it_is_wrong(overlay: Overlay, page: Page) -> None:

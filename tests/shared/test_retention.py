@@ -6,7 +6,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from shared.cli import app
+from services.cli import app
 from shared.retention import gc, trim_window
 from shared.settings import ServiceSettings
 

@@ -4,7 +4,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from shared.cli import app
+from services.cli import app
 from shared.consumer import Consumer
 from shared.schemas import AudioSegmentMessage, TranscriptMessage
 from shared.settings import ServiceSettings

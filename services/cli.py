@@ -1,42 +1,30 @@
-"""``convo``: look at the streams, tail them, handle dead letters, run the local stack."""
+"""``convo``: the composition root. Streams, dead letters, ACLs and the local stack live here;
+each service adds its own commands (``services/memory/cli.py``, ``services/trainer/cli.py``)."""
 
-import os
-import time
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import redis
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.memory.cli import app as person_app
+from services.trainer import cli as trainer_cli
 from shared.acl import ADMIN
-from shared.runtime import connect
+from shared.runtime import admin_client
 from shared.schemas import MESSAGE_TYPES
 from shared.settings import ServiceSettings
 
 app = typer.Typer(help="Conversationalist: streams, dead letters and the local stack.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: entries that could not be handled.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
-person_app = typer.Typer(help="The people memory knows: look, correct, forget.", no_args_is_help=True)
 app.add_typer(person_app, name="person")
+for command in (trainer_cli.export, trainer_cli.train, trainer_cli.adapters):
+    app.command()(command)
 console = Console()
 
-S = TypeVar("S", bound=ServiceSettings)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _login(settings: S) -> S:
-    """On the local stack's default Redis, log in with the users ``convo up`` made."""
-    local = REPO / ".convo" / "acl"
-    if settings.acl_dir is None and "CONVO_REDIS_URL" not in os.environ and (local / "admin.pass").exists():
-        return settings.model_copy(update={"acl_dir": local})
-    return settings
-
-
-def _client() -> tuple[redis.Redis, ServiceSettings]:
-    settings = _login(ServiceSettings())
-    return connect(settings, ADMIN), settings
 
 
 def _s(value: object) -> str:
@@ -46,7 +34,7 @@ def _s(value: object) -> str:
 @app.command()
 def status() -> None:
     """Each stream's length, and per group its consumers, pending entries, lag and last id."""
-    client, settings = _client()
+    client, settings = admin_client()
     table = Table(title=f"streams on {settings.redis_url}")
     for col in ("stream", "length", "group", "consumers", "pending", "lag", "last delivered"):
         table.add_column(col, justify="right" if col in ("length", "consumers", "pending", "lag") else "left")
@@ -91,7 +79,7 @@ def tail(
     count: Annotated[int, typer.Option(help="Exit after this many entries (0: follow forever).")] = 0,
 ) -> None:
     """Follow a stream live; binary fields are shown as their size."""
-    client, settings = _client()
+    client, settings = admin_client()
     attr = next((k for k, v in settings.streams.model_dump().items() if v == stream), None)
     shown = 0
     cursor = "$"
@@ -113,7 +101,7 @@ def tail(
 @dlq_app.command("list")
 def dlq_list(count: Annotated[int, typer.Option(help="At most this many letters.")] = 50) -> None:
     """Dead letters, oldest first, with where they came from and why they failed."""
-    client, settings = _client()
+    client, settings = admin_client()
     table = Table(title=f"{settings.streams.dlq} ({client.xlen(settings.streams.dlq)} letters)")
     for col in ("dlq id", "stream", "entry id", "group", "deliveries", "error"):
         table.add_column(col, overflow="fold")
@@ -154,7 +142,7 @@ def dlq_retry(
     all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
 ) -> None:
     """Put letters back on their original stream as new entries, and remove them from the DLQ."""
-    client, settings = _client()
+    client, settings = admin_client()
     for entry_id, f in _letters(client, settings.streams.dlq, ids or [], all_):
         original = {k[2:]: v for k, v in f.items() if k.startswith(b"f.")}
         new_id = client.xadd(_s(f[b"stream"]), original)
@@ -168,76 +156,11 @@ def dlq_drop(
     all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
 ) -> None:
     """Delete letters for good."""
-    client, settings = _client()
+    client, settings = admin_client()
     letters = _letters(client, settings.streams.dlq, ids or [], all_)
     if letters:
         client.xdel(settings.streams.dlq, *[entry_id for entry_id, _ in letters])
     console.print(f"dropped {len(letters)} dead letters")
-
-
-def _admin():  # type: ignore[no-untyped-def]
-    from services.memory.admin import PersonAdmin
-    from services.memory.person_store import PersonStore
-    from services.memory.settings import MemorySettings
-
-    settings = _login(MemorySettings())
-    store = PersonStore(connect(settings, ADMIN), settings.match)
-    return PersonAdmin(store, settings.streams, settings.dataset)
-
-
-@person_app.command("list")
-def person_list() -> None:
-    """Everyone, most recently seen first."""
-    table = Table(title="people")
-    for col in ("id", "name", "company", "encounters", "views", "last seen", "facts"):
-        table.add_column(col, overflow="fold")
-    for p in _admin().list():
-        last = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(p["last_seen"])))
-        facts = "; ".join(f["text"] for f in p["facts"][:3])
-        table.add_row(p["id"], p["name"] or "?", p["company"], p["encounters"], str(p["views"]), last, facts)
-    console.print(table)
-
-
-@person_app.command("show")
-def person_show(person_id: str) -> None:
-    """One person: what the overlay would say, facts with where they came from, encounters."""
-    p = _admin().show(person_id)
-    console.print(f"[bold]{p['summary']}[/]")
-    for fact in p["facts"]:
-        console.print(f"  {fact['kind']}: {fact['text']}  [dim](from {fact['source']})[/]")
-    console.print(f"  encounters: {', '.join(p['encounter_ids']) or 'none'}")
-    console.print(f"  face views: {', '.join(p['view_ids'])}")
-
-
-@person_app.command("rename")
-def person_rename(person_id: str, name: str) -> None:
-    """Set a person's name."""
-    _admin().rename(person_id, name)
-    console.print(f"{person_id} is now {name}")
-
-
-@person_app.command("merge")
-def person_merge(keep: str, drop: str) -> None:
-    """Two ids are one person: DROP's views, facts and encounters move to KEEP."""
-    _admin().merge(keep, drop)
-    console.print(f"merged {drop} into {keep}")
-
-
-@person_app.command("split")
-def person_split(person_id: str, view_id: str) -> None:
-    """Not this person: move one face view (see `convo person show`) to a new person."""
-    console.print(f"moved {view_id} to {_admin().split(person_id, view_id)}")
-
-
-@person_app.command("forget")
-def person_forget(
-    person_id: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
-) -> None:
-    """Remove a person everywhere: faces, facts, conversations and the stream entries that hold them."""
-    if not yes:
-        typer.confirm(f"Forget {person_id} everywhere? This cannot be undone.", abort=True)
-    for what, n in sorted(_admin().forget(person_id).items()):
-        console.print(f"  {what}: {n}")
 
 
 @app.command()
@@ -271,7 +194,7 @@ def gc(
     """
     from shared.retention import gc as collect
 
-    client, settings = _client()
+    client, settings = admin_client()
     window = settings.retention.raw_s if raw_s is None else raw_s
     table = Table(title=f"gc: raw streams older than {window:.0f} s, others to their caps")
     for col in ("stream", "before", "removed", "after", "held back by"):
@@ -284,61 +207,10 @@ def gc(
     console.print(f"removed {sum(t.removed for t in trimmed)} entries")
 
 
-@app.command()
-def export() -> None:
-    """Write the training rows as a train/eval snapshot (JSONL, split by person) and print where."""
-    from services.trainer.dataset import Dataset
-    from services.trainer.settings import TrainerSettings
-
-    out = Dataset(TrainerSettings().dataset).export()
-    console.print(
-        f"{out.dir}: {len(out.train)} train rows, {len(out.eval)} eval rows, {len(out.persons)} persons"
-    )
-
-
-@app.command()
-def train() -> None:
-    """Run one LoRA training job now on every row there is (one job at a time)."""
-    run_training(ADMIN)
-
-
-def run_training(user: str) -> None:
-    """One training job as Redis user ``user``: an operator's, or the trainer service's."""
-    from services.trainer.job import JobRunningError, run_job
-    from services.trainer.settings import TrainerSettings
-
-    settings = _login(TrainerSettings())
-    try:
-        a = run_job(connect(settings, user), settings).adapter
-    except JobRunningError as exc:
-        console.print(str(exc))
-        raise typer.Exit(2) from None
-    console.print(
-        f"adapter v{a.version} at {a.path}: eval loss {a.eval_loss_before:.3f} -> {a.eval_loss_after:.3f}"
-    )
-
-
-@app.command()
-def adapters() -> None:
-    """Trained adapters, newest first, and whether any holds data of a forgotten person."""
-    from services.trainer.registry import AdapterRegistry
-
-    client, _ = _client()
-    table = Table(title="adapters")
-    for col in ("version", "base model", "rows", "persons", "eval loss before → after", "path", "note"):
-        table.add_column(col, overflow="fold")
-    entries = AdapterRegistry(client).list()
-    for a in entries:
-        loss = f"{float(a['eval_loss_before']):.3f} → {float(a['eval_loss_after']):.3f}"
-        note = "contains forgotten data: `convo train` retrains without it" if a["forgotten"] else ""
-        table.add_row(a["version"], a["base_model"], a["rows"], str(a["persons"]), loss, a["path"], note)
-    console.print(table)
-
-
 @app.command("env-example")
 def env_example() -> None:
     """Print every setting with its default (the content of .env.example)."""
-    from shared.envfile import all_service_settings, render_env_example
+    from services.envfile import all_service_settings, render_env_example
 
     print(render_env_example(all_service_settings()), end="")
 
@@ -349,7 +221,7 @@ def up(
     procfile: Annotated[Path, typer.Option(help="Which Procfile honcho runs.")] = REPO / "Procfile",
 ) -> None:
     """Run every service with honcho; start a private redis-server unless CONVO_REDIS_URL is set."""
-    from shared.stack import up as run_stack
+    from services.stack import up as run_stack
 
     raise typer.Exit(run_stack(demo, procfile))
 

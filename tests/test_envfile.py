@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.envfile import all_service_settings, render_env_example
+from services.envfile import all_service_settings, render_env_example
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[1]
 
 
 def test_env_example_is_current() -> None:

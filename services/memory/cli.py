@@ -1,0 +1,83 @@
+"""Memory's ``convo person`` commands: look at the people memory knows, correct them, forget them."""
+
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.acl import ADMIN
+from shared.runtime import connect, local_login
+
+if TYPE_CHECKING:
+    from services.memory.admin import PersonAdmin
+
+app = typer.Typer(help="The people memory knows: look, correct, forget.", no_args_is_help=True)
+console = Console()
+
+
+def _admin() -> "PersonAdmin":
+    # Imported here: faiss and the trainer's dataset are not needed by `convo status`.
+    from services.memory.admin import PersonAdmin
+    from services.memory.person_store import PersonStore
+    from services.memory.settings import MemorySettings
+
+    settings = local_login(MemorySettings())
+    store = PersonStore(connect(settings, ADMIN), settings.match)
+    return PersonAdmin(store, settings.streams, settings.dataset)
+
+
+@app.command("list")
+def person_list() -> None:
+    """Everyone, most recently seen first."""
+    table = Table(title="people")
+    for col in ("id", "name", "company", "encounters", "views", "last seen", "facts"):
+        table.add_column(col, overflow="fold")
+    for p in _admin().list():
+        last = time.strftime("%Y-%m-%d %H:%M", time.localtime(p.last_seen))
+        facts = "; ".join(f.text for f in p.facts[:3])
+        table.add_row(p.id, p.name or "?", p.company, str(p.encounters), str(p.views), last, facts)
+    console.print(table)
+
+
+@app.command("show")
+def person_show(person_id: str) -> None:
+    """One person: what the overlay would say, facts with where they came from, encounters."""
+    p = _admin().show(person_id)
+    console.print(f"[bold]{p.summary}[/]")
+    for fact in p.facts:
+        console.print(f"  {fact.kind}: {fact.text}  [dim](from {fact.source})[/]")
+    console.print(f"  encounters: {', '.join(p.encounter_ids) or 'none'}")
+    console.print(f"  face views: {', '.join(p.view_ids)}")
+
+
+@app.command("rename")
+def person_rename(person_id: str, name: str) -> None:
+    """Set a person's name."""
+    _admin().rename(person_id, name)
+    console.print(f"{person_id} is now {name}")
+
+
+@app.command("merge")
+def person_merge(keep: str, drop: str) -> None:
+    """Two ids are one person: DROP's views, facts and encounters move to KEEP."""
+    _admin().merge(keep, drop)
+    console.print(f"merged {drop} into {keep}")
+
+
+@app.command("split")
+def person_split(person_id: str, view_id: str) -> None:
+    """Not this person: move one face view (see `convo person show`) to a new person."""
+    console.print(f"moved {view_id} to {_admin().split(person_id, view_id)}")
+
+
+@app.command("forget")
+def person_forget(
+    person_id: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
+) -> None:
+    """Remove a person everywhere: faces, facts, conversations and the stream entries that hold them."""
+    if not yes:
+        typer.confirm(f"Forget {person_id} everywhere? This cannot be undone.", abort=True)
+    for what, n in sorted(_admin().forget(person_id).items()):
+        console.print(f"  {what}: {n}")
