@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server espeak-ng sox portaudio19-dev docker-compose chromium
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup system-deps run test test-chaos test-fast bench lint format tail status clean
+.PHONY: setup system-deps run test test-chaos bench lint format tail status clean
 
 setup: $(STAMP)
 

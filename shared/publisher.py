@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -13,6 +14,38 @@ from shared.streams import NEVER_TRIMMED_ON_WRITE, MemoryKeys, heartbeat_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Backlog:
+    """How many entries of a stream its slowest group has not finished (unread plus unacked).
+
+    Read from XINFO GROUPS at most every ``every_s``: a frame at 30 fps must not cost a round trip.
+    No group yet means no reader to protect, so nothing is held back.
+    """
+
+    def __init__(self, client: redis.Redis, stream: str, every_s: float = 0.2) -> None:
+        self.client, self.stream, self.every_s = client, stream, every_s
+        self._at, self._value = float("-inf"), 0
+
+    def __call__(self) -> int:
+        if time.monotonic() - self._at >= self.every_s:
+            self._at = time.monotonic()
+            try:
+                groups = self.client.xinfo_groups(self.stream)
+            except redis.ResponseError:  # no such stream yet
+                groups = []
+            except redis.RedisError:
+                return self._value  # the publisher waits out the outage
+            length = None
+            values = []
+            for g in groups:
+                lag = g.get("lag")
+                if lag is None:  # Redis cannot tell after deletions in range: count the whole stream
+                    length = self.client.xlen(self.stream) if length is None else length
+                    lag = length
+                values.append(lag + g["pending"])
+            self._value = max(values, default=0)
+        return self._value
 
 
 class Publisher:
@@ -30,6 +63,10 @@ class Publisher:
         stream = getattr(self.settings.streams, msg.STREAM)
         cap = None if msg.STREAM in NEVER_TRIMMED_ON_WRITE else getattr(self.settings.caps, msg.STREAM)
         return self._xadd(stream, msg.to_fields(), cap)
+
+    def backlog(self, stream: str, every_s: float = 0.2) -> Backlog:
+        """How far behind the readers of ``stream`` are, for backpressure."""
+        return Backlog(self.redis, stream, every_s)
 
     def dead_letter(self, source: str, ref: str, error: str, **fields: str) -> None:
         """Record input that could not be turned into messages (an unreadable file, say)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import redis
+import typer
 from prometheus_client import start_http_server
 
 from shared import acl
@@ -105,3 +106,23 @@ def serve(
     log.info("%s consumer %s on %s", group, settings.consumer_name, settings.redis_url)
     consumer.run(burst=burst)
     return 0
+
+
+def stage_app(
+    settings_type: Callable[[], S],
+    group: str,
+    build: Callable[[S], Stage | Mapping[type[StreamMessage], Handler]],
+) -> typer.Typer:
+    """A service's ``python -m services.<name> [--check] [--burst]``: its settings, built in the
+    command, and what to run on them."""
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    def main(
+        check: bool = typer.Option(False, "--check", help="Exit 0 if a live consumer runs on this host."),
+        burst: bool = typer.Option(False, "--burst", help="Exit 0 once the input streams are drained."),
+    ) -> None:
+        settings = settings_type()
+        raise typer.Exit(serve(settings, group, lambda: build(settings), check, burst))
+
+    return app

@@ -43,7 +43,8 @@ def test_every_stage_has_a_service_with_restart_healthcheck_and_redis(resolved: 
         assert f"services.{name}" in " ".join(service["healthcheck"]["test"])
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         assert service["environment"]["CONVO_REDIS_URL"] == "redis://redis:6379/0"
-        assert (REPO / service["build"]["dockerfile"]).is_file()
+        dockerfile = (REPO / service["build"]["dockerfile"]).read_text()
+        assert f" AS {service['build']['target']}\n" in dockerfile, f"{name}: no such build stage"
 
 
 def test_scalable_services_have_no_fixed_name_or_port_and_gpus_are_reserved(resolved: dict) -> None:

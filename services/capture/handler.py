@@ -138,6 +138,30 @@ class CaptureHandler:
         """Wall-clock time of the audio heard so far."""
         return self.t0 + self.segmenter.pos / SAMPLE_RATE
 
+    def at(self, offset_s: float) -> float:
+        """Wall-clock time of the point ``offset_s`` into the source."""
+        return self.t0 + offset_s
+
+    def start_clock(self, t0: float) -> None:
+        """The source's first sample is taken now (a live source starts when it is read)."""
+        self.t0 = t0
+
+    def drop_frame(self, reason: str) -> int:
+        """Count a frame not published (``backpressure``); returns how many so far for that reason."""
+        with self._lock:
+            self.gate.drop(reason)
+            return self.gate.dropped[reason]
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Frames not published so far, by reason."""
+        return dict(self.gate.dropped)
+
+    @property
+    def frames_published(self) -> int:
+        """Frames the gate let through and backpressure did not drop."""
+        return self.n_frames - self.gate.dropped.get("backpressure", 0)
+
     def frame(self, t: float, jpeg: bytes, ref: str = "") -> list[FrameMessage]:
         """A frame taken at wall-clock ``t``; forwarded only if the gate lets it through."""
         shot = Shot(t, jpeg, *jpeg_size(jpeg, self.settings.frames.max_pixels), ref=ref)

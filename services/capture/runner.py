@@ -31,38 +31,6 @@ from shared.schemas import AudioSegmentMessage, BadMessageError, FrameMessage, S
 log = logging.getLogger(__name__)
 
 
-class Backlog:
-    """How many entries of a stream its slowest group has not finished (unread plus unacked).
-
-    Read from XINFO GROUPS at most every ``every_s``: a frame at 30 fps must not cost a round trip.
-    No group yet means no reader to protect, so nothing is held back.
-    """
-
-    def __init__(self, client: redis.Redis, stream: str, every_s: float = 0.2) -> None:
-        self.client, self.stream, self.every_s = client, stream, every_s
-        self._at, self._value = float("-inf"), 0
-
-    def __call__(self) -> int:
-        if time.monotonic() - self._at >= self.every_s:
-            self._at = time.monotonic()
-            try:
-                groups = self.client.xinfo_groups(self.stream)
-            except redis.ResponseError:  # no such stream yet
-                groups = []
-            except redis.RedisError:
-                return self._value  # the publisher waits out the outage
-            length = None
-            values = []
-            for g in groups:
-                lag = g.get("lag")
-                if lag is None:  # Redis cannot tell after deletions in range: count the whole stream
-                    length = self.client.xlen(self.stream) if length is None else length
-                    lag = length
-                values.append(lag + g["pending"])
-            self._value = max(values, default=0)
-        return self._value
-
-
 class CaptureRunner:
     """One capture session: sources in, messages published."""
 
@@ -75,8 +43,8 @@ class CaptureRunner:
         self.session = settings.session or datetime.now().strftime("%Y%m%d-%H%M%S")
         self.handler = CaptureHandler(settings, self.session, time.time(), vad)
         streams = settings.streams
-        self.frames_backlog = Backlog(publisher.redis, streams.frames)
-        self.speech_backlog = Backlog(publisher.redis, streams.audio_segments)
+        self.frames_backlog = publisher.backlog(streams.frames)
+        self.speech_backlog = publisher.backlog(streams.audio_segments)
         self._warned = self._told = float("-inf")
         publisher.announce_session(self.session)
 
@@ -101,13 +69,12 @@ class CaptureRunner:
         waiting = self.frames_backlog()
         if waiting <= self.settings.frames.max_backlog:
             return False
-        self.handler.gate.drop("backpressure")
+        dropped = self.handler.drop_frame("backpressure")
         if time.monotonic() - self._told > 10:
             self._told = time.monotonic()
             log.warning(
-                "face stage is %d frames behind; dropping frames (%d so far)",
-                waiting, self.handler.gate.dropped["backpressure"],
-                extra={"backlog": waiting, "dropped": self.handler.gate.dropped["backpressure"]},
+                "face stage is %d frames behind; dropping frames (%d so far)", waiting, dropped,
+                extra={"backlog": waiting, "dropped": dropped},
             )  # fmt: skip
         return True
 
@@ -156,7 +123,7 @@ class CaptureRunner:
                     self._replay_frame(pending)
                     pending = next(frames, None)
                 if self.settings.audio.realtime:
-                    self.stop.wait(max(self.handler.t0 + t - time.time(), 0))
+                    self.stop.wait(max(self.handler.at(t) - time.time(), 0))
                 self.publish(self.handler.audio(chunk))
                 offset += CHUNK
         self.publish(self.handler.flush())
@@ -171,7 +138,7 @@ class CaptureRunner:
 
     def _replay_frame(self, frame: RawFrame) -> None:
         try:
-            self.publish(self.handler.frame(self.handler.t0 + frame.t_offset, frame.jpeg, frame.ref))
+            self.publish(self.handler.frame(self.handler.at(frame.t_offset), frame.jpeg, frame.ref))
         except BadMessageError as exc:
             self.publisher.dead_letter("capture", frame.ref, str(exc), session=self.session)
 
@@ -179,7 +146,7 @@ class CaptureRunner:
 
     def listen(self, chunks: Iterator[np.ndarray]) -> None:
         """Feed live chunks until the source ends or stop is set; frames come from other threads."""
-        self.handler.t0 = time.time()
+        self.handler.start_clock(time.time())
         for chunk in chunks:
             if self.stop.is_set():
                 break
@@ -222,9 +189,7 @@ class CaptureRunner:
                 raise
         log.info(
             "capture session %s: %d segments, %d frames, frames dropped %s",
-            self.session, self.handler.n_segments,
-            self.handler.n_frames - self.handler.gate.dropped.get("backpressure", 0),
-            self.handler.gate.dropped,
+            self.session, self.handler.n_segments, self.handler.frames_published, self.handler.dropped,
         )  # fmt: skip
 
     def _serve_ingest(self) -> None:

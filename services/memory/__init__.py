@@ -1,4 +1,4 @@
-"""Memory: the person store, encounters, extraction and recall (not built yet).
+"""Memory: who each face is, each session's conversation, extraction and the recall card.
 
-See docs/ARCHITECTURE.md.
+``person_store.py`` is the entry point; see docs/ARCHITECTURE.md for its parts.
 """

@@ -1,1 +1,1 @@
-"""Trainer: dataset export and LoRA fine-tuning on encounters (not built yet; see docs/ARCHITECTURE.md)."""
+"""Trainer: encounters into scrubbed training rows, LoRA / Q-LoRA jobs and the adapter registry."""

@@ -44,12 +44,12 @@ class TrainerHandler(BatchedHandler):
     def tick(self) -> Outputs:
         if self.job is not None and self.job.poll() is None:
             return []
-
-    def committed(self, outputs: Outputs, /) -> None:
-        """Its ticks write nothing, so there is nothing to let go of."""
         new = int(self.redis.get(TrainerKeys.NEW_ROWS) or 0)
         if new >= self.settings.trainer.every_rows and not self.redis.exists(TrainerKeys.JOB_LOCK):
             log.info("%d new rows: starting a training job", new)
             self.job = subprocess.Popen([sys.executable, "-m", "services.trainer", "train"])
             JOBS.inc()
         return []
+
+    def committed(self, outputs: Outputs, /) -> None:
+        """Its ticks write nothing, so there is nothing to let go of."""
