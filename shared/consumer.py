@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.commit import Committer, Work
+from shared.commit import Committer, Work, refused
 from shared.schemas import BadMessageError, StreamMessage, dead_letter, now
 from shared.settings import ServiceSettings
 from shared.streams import done_key, heartbeat_key
@@ -112,6 +112,10 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # its outputs were written before: acked only
     RETRY = "retry"  # failed; left pending for a redelivery
     DEAD = "dlq"  # to the dead-letter stream, then acked
+
+
+ACKED = (Outcome.DONE, Outcome.DUPLICATE, Outcome.DEAD)
+"""The outcomes of entries that are acknowledged once committed."""
 
 
 @dataclass
@@ -364,10 +368,15 @@ class Consumer:
 
     def _handle(self, handler: Handler, todo: list[_Entry]) -> None:
         if isinstance(handler, BatchHandler) and len(todo) > 1 and not self.stop.is_set():
-            results = self._guard(lambda: handler.handle_batch([e.msg for e in todo]), len(todo))
-            for entry, result in zip(todo, results, strict=True):
-                self._record(entry, result)
-            return
+            try:
+                results = handler.handle_batch([e.msg for e in todo])
+            except Exception as exc:
+                # One bad item fails a batched model call for all: find it by handling them one by one.
+                log.warning("group %s: a batch of %d failed (%s); one by one now", self.group, len(todo), exc)
+            else:
+                for entry, result in zip(todo, results, strict=True):
+                    self._record(entry, result)
+                return
         for entry in todo:
             if self.stop.is_set() and entry is not todo[0]:
                 break  # SIGTERM: the message in hand is finished; the rest stay pending for others
@@ -390,49 +399,71 @@ class Consumer:
         if isinstance(result, BadMessageError) or entry.deliveries >= self.cfg.max_deliveries:
             entry.dead(error)
             return
+        self._retry(entry, error, result)
+
+    def _retry(self, entry: _Entry, error: str, exc: Exception | None = None) -> None:
+        """Leave the entry pending for a redelivery."""
         entry.outcome, entry.error = Outcome.RETRY, error
         log.warning(
             "stream=%s id=%s ms=%.0f outcome=retry deliveries=%d error=%s",
-            entry.stream,
-            entry.entry_id.decode(),
-            self._ms(entry),
-            entry.deliveries,
-            error,
-            exc_info=result,
-            extra=self._fields(entry, "retry"),
-        )
+            entry.stream, entry.entry_id.decode(), self._ms(entry), entry.deliveries, error,
+            exc_info=exc, extra=self._fields(entry, "retry"),
+        )  # fmt: skip
         FAILED.labels(self.group, entry.stream).inc()
         self.stats.failed += 1
 
     # -- writing ---------------------------------------------------------------------
 
     def _write(self, batch: list[_Entry]) -> None:
-        """Write outputs, done records, dead letters and acks in one MULTI (one round trip).
+        """Write outputs, done records, dead letters and acks in one script (one round trip).
 
-        The commit script sets each message's done key with NX and writes its outputs
-        only if it was not set before, so a message committed by two replicas (or twice in
-        one batch) has its outputs written once.
+        The script writes and acks all of it or nothing. When Redis refuses it (an output
+        stream this user may not write, out of memory), each entry is committed on its own,
+        so that only the refused ones stay pending, to be retried and finally dead-lettered.
         """
-        fresh = [e for e in batch if e.outcome is Outcome.DONE]
-        dead = [e for e in batch if e.outcome is Outcome.DEAD]
-        acked = [e for e in batch if e.outcome in (Outcome.DONE, Outcome.DUPLICATE, Outcome.DEAD)]
-        with self.redis.pipeline(transaction=True) as pipe:
-            if fresh:
-                work = [(done_key(self.group, e.msg.key), e.outputs) for e in fresh]  # type: ignore[union-attr]
-                self._commit(self._work(work), pipe)
-            for entry in dead:
-                pipe.xadd(
-                    self.settings.streams.dlq, self._dead_letter(entry),
-                    maxlen=self.settings.caps.dlq, approximate=True,
-                )  # fmt: skip
-            for stream in {e.stream for e in acked}:
-                pipe.xack(stream, self.group, *[e.entry_id for e in acked if e.stream == stream])
-            replies = pipe.execute()
-        if fresh:
-            for entry, written in zip(fresh, replies[0], strict=True):
-                if not written:
-                    entry.outcome = Outcome.DUPLICATE
-        self._account(acked)
+        try:
+            self._commit_entries(batch)
+        except redis.ResponseError as exc:
+            if not refused(exc):
+                raise
+            for entry in batch:
+                self._commit_alone(entry)
+        self._account([e for e in batch if e.outcome in ACKED])
+
+    def _commit_entries(self, entries: list[_Entry]) -> None:
+        fresh = [e for e in entries if e.outcome is Outcome.DONE]
+        work = [(done_key(self.group, e.msg.key), e.outputs) for e in fresh]  # type: ignore[union-attr]
+        letters = [
+            ("", [(self.settings.streams.dlq, self.settings.caps.dlq, self._dead_letter(e))])
+            for e in entries
+            if e.outcome is Outcome.DEAD
+        ]
+        acks = [
+            (stream, self.group, [e.entry_id for e in entries if e.stream == stream and e.outcome in ACKED])
+            for stream in sorted({e.stream for e in entries if e.outcome in ACKED})
+        ]
+        if not (work or letters or acks):
+            return
+        written = self._commit([*self._work(work), *letters], acks)
+        for entry, flag in zip(fresh, written, strict=False):
+            if not flag:
+                entry.outcome = Outcome.DUPLICATE
+
+    def _commit_alone(self, entry: _Entry) -> None:
+        """Commit one entry of a refused batch; if it is refused too, it stays pending, or after its
+        last delivery goes to ``dlq`` with the refusal as its error."""
+        try:
+            self._commit_entries([entry])
+            return
+        except redis.ResponseError as exc:
+            if not refused(exc) or entry.outcome is not Outcome.DONE:
+                raise
+            error = f"commit refused: {exc}"
+        if entry.deliveries >= self.cfg.max_deliveries:
+            entry.dead(error)
+            self._commit_entries([entry])
+            return
+        self._retry(entry, error)
 
     def _work(self, work: list[tuple[str, Outputs]]) -> Work:
         """Per done key, the stream entries of the outputs it guards."""
