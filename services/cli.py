@@ -145,8 +145,10 @@ def dlq_retry(
     client, settings = admin_client()
     for entry_id, f in _letters(client, settings.streams.dlq, ids or [], all_):
         original = {k[2:]: v for k, v in f.items() if k.startswith(b"f.")}
-        new_id = client.xadd(_s(f[b"stream"]), original)
-        client.xdel(settings.streams.dlq, entry_id)
+        with client.pipeline(transaction=True) as pipe:  # one step: never on both, never on neither
+            pipe.xadd(_s(f[b"stream"]), original)
+            pipe.xdel(settings.streams.dlq, entry_id)
+            new_id, _ = pipe.execute()
         console.print(f"retried {_s(entry_id)} -> {_s(f[b'stream'])} {_s(new_id)}")
 
 

@@ -40,7 +40,7 @@ GROUP_BOOKKEEPING = ("+xack", "+xautoclaim", "+xgroup|create")
 # Capture only appends, and reads its streams' groups for backpressure and retention.
 PRODUCER = (
     "ping", "scan", "set",
-    "xadd", "xinfo|groups", "xpending", "xtrim", "sadd",
+    "xadd", "xinfo|groups", "xpending", "xtrim", "xlen", "xrange", "sadd",
 )  # fmt: skip
 # Services that keep records of their own (persons, the adapter registry) get the data-type
 # categories, on their own keys only; never the dangerous ones (KEYS, FLUSHALL, CONFIG, ...).

@@ -32,11 +32,12 @@ def needed_by(client: redis.Redis, stream: str) -> dict[str, str]:
     out = {}
     for group in client.xinfo_groups(stream):
         name = group["name"].decode()
-        ms, seq = stream_id(group["last-delivered-id"])
-        oldest = f"{ms}-{seq + 1}"
         if group["pending"]:
-            oldest = client.xpending(stream, name)["min"].decode()
-        out[name] = oldest
+            out[name] = client.xpending(stream, name)["min"].decode()
+            continue
+        after = client.xrange(stream, min=b"(" + group["last-delivered-id"], count=1)
+        if after:  # a group that has read everything needs nothing
+            out[name] = after[0][0].decode()
     return out
 
 

@@ -1,5 +1,7 @@
 """Least privilege: each service's Redis user may write only the streams it produces."""
 
+import time
+
 import pytest
 import redis
 
@@ -71,3 +73,23 @@ def test_transactions_written_as_a_service_survive_a_redis_crash(acl_server: Red
         admin.smembers("convo:persons") == {b"p-1"}
         and admin.hget("convo:person:p-1", "name") == b"Sarah Chen"
     )
+
+
+def test_retention_under_acl(acl_server: RedisServer, admin: redis.Redis) -> None:
+    """Capture applies the retention window as its own user, as `make run` starts it."""
+    from shared.retention import apply_window
+
+    settings = ServiceSettings()
+    old_ms = int((time.time() - 7200) * 1000)
+    for attr, group in (("audio_segments", "transcriber"), ("frames", "face")):
+        stream = getattr(settings.streams, attr)
+        for i in range(3):
+            admin.xadd(stream, {"x": str(i)}, id=f"{old_ms + i}-0")
+        admin.xadd(stream, {"x": "new"})
+        admin.xgroup_create(stream, group, id="0")
+        entries = admin.xreadgroup(group, "c", {stream: ">"}, count=3)[0][1]  # the three old ones
+        admin.xack(stream, group, *[entry_id for entry_id, _ in entries])
+    trimmed = apply_window(client_of(acl_server, "capture"), settings, 3600)
+    assert [(t.removed, t.held_by) for t in trimmed] == [(3, ()), (3, ())]
+    for attr in ("audio_segments", "frames"):
+        assert [f[b"x"] for _, f in admin.xrange(getattr(settings.streams, attr))] == [b"new"]
