@@ -68,6 +68,8 @@ class Grant:
     """Other key patterns, read and write."""
     read_keys: tuple[str, ...] = ()
     """Other key patterns, read only."""
+    watches: tuple[type[StreamMessage], ...] = ()
+    """Streams whose groups' progress it may read (XINFO GROUPS, XPENDING), never their entries."""
     forgets: bool = False
     """Person admin's forget: find and delete a person's entries on every stream (XRANGE, XDEL),
     in a selector of its own, so that this grants no XADD to streams the user does not own."""
@@ -84,8 +86,10 @@ GRANTS = (
     Grant("face", consumes=(FrameMessage,), produces=(FaceMessage,)),
     Grant(
         "memory", consumes=(TranscriptMessage, FaceMessage), produces=(RecallMessage, EncounterMessage),
-        follows=(AdapterMessage,), keys=MEMORY_KEYS, read_keys=(f"{KEY_PREFIX}:trainer:*",),
-        commands=(*LOOP, *RECORDS),
+        # it waits for the transcriber's backlog before it ends a conversation
+        follows=(AdapterMessage,), watches=(AudioSegmentMessage,), keys=MEMORY_KEYS,
+        read_keys=(f"{KEY_PREFIX}:trainer:*",),
+        commands=(*LOOP, *RECORDS, "time"),  # conversations are stamped with the server's clock
     ),
     Grant(
         # The people page is person admin: rename, merge, and forget across every stream.
@@ -122,6 +126,10 @@ def rules(grant: Grant, settings: ServiceSettings) -> str:
         parts.append("-@dangerous")
     if consumed:
         parts.append("(" + " ".join([*(f"~{s}" for s in consumed), *GROUP_BOOKKEEPING]) + ")")
+    if grant.watches:
+        parts.append(
+            "(" + " ".join([*(f"%R~{stream(m)}" for m in grant.watches), "+xinfo|groups", "+xpending"]) + ")"
+        )
     if grant.forgets:
         streams = [getattr(settings.streams, name) for name in type(settings.streams).model_fields]
         parts.append("(" + " ".join([*(f"~{s}" for s in streams), "+xrange", "+xrevrange", "+xdel"]) + ")")

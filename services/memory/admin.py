@@ -57,6 +57,7 @@ class PersonAdmin:
         if keep == drop:
             raise ValueError("cannot merge a person into themselves")
         self.repo.merge(keep, drop)
+        Conversations(self.redis).repoint(drop, keep)
         self.repo.trim_views(keep, self.store.settings.max_views)
 
     def split(self, pid: str, view_id: str) -> str:
@@ -78,7 +79,7 @@ class PersonAdmin:
         self.repo.drop_changes_of(pid)
         counts["training rows"] = Dataset(self.dataset).forget(pid)
         counts["adapters with forgotten data"] = AdapterRegistry(self.redis).mark_forgotten(pid)
-        Conversations(self.redis).forget_person(pid)
+        Conversations(self.redis).repoint(pid, None)
         log.info("person=%s forgotten: %s", pid, dict(counts))
         return dict(counts)
 

@@ -1,15 +1,24 @@
-"""Each session's conversation in Redis: open, then sealed (closing) until its encounter is written,
-then discarded. Every transition is one Lua script, so a replica killed between two calls
-never leaves a half-made conversation; any replica can carry on from what it finds.
+"""Each session's speech and sightings in Redis, and the ended conversations cut from them.
 
-Keys (``shared.streams.MemoryKeys``): a session's open conversation is a hash (id, session,
-t_start, t_last: speech time, t_seen: when memory last handled something of it) with
-``:segments`` (segment id -> JSON) and ``:faces`` (person -> evidence). Sealing renames the
-three under the encounter's id and moves the id from the open set to the closing set.
+A session's open state holds every segment heard and every person seen that no ended
+conversation has taken yet. Where one conversation ends and the next begins is decided in
+speech time, from the segments' own times (``handler.py``), never from the order in which
+transcripts arrive: with several transcriber replicas a later segment can come first.
+An ended conversation is sealed: its segments and the sightings in its time move under
+the encounter's id (closing) until the encounter is written, then it is discarded.
+
+Every step is one Lua script, so a replica killed between two calls never leaves a
+half-made state, and no lock is needed to add to a session. Times the scripts stamp
+(``at``, ``t_seen``) come from the Redis server's clock, the clock of stream entry ids.
+
+Keys (``shared.streams.MemoryKeys``): ``open_encounter(session)`` is a hash (session,
+t_seen), with ``:segments`` (segment id -> JSON: id, t_start, t_end, text, at) and ``:faces``
+(``<person>|<second>`` -> evidence). ``closing(eid)`` has the same three.
 """
 
 import json
-import uuid
+from collections import defaultdict
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -18,66 +27,92 @@ import redis
 
 from services.memory.repository import text
 from shared.retention import oldest_unfinished
+from shared.schemas import dead_letter
 from shared.streams import MemoryKeys
 
-# ARGV[1..4]: the session's open key, the session, the closing key's prefix and suffix.
-_COMMON = """
-local key, session, closing_pre, closing_post = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local open_set, closing_set = ARGV[5], ARGV[6]
-local function open(eid, t)
-  if redis.call('HSETNX', key, 'id', eid) == 1 then
-    redis.call('HSET', key, 'session', session, 't_start', t, 't_last', t)
-    redis.call('SADD', open_set, session)
-  end
-end
-local function seal()
-  local eid = redis.call('HGET', key, 'id')
-  if eid then
-    local closing = closing_pre .. eid .. closing_post
-    redis.call('HSET', key, 'session', session)
-    for _, suffix in ipairs({'', ':segments', ':faces'}) do
-      if redis.call('EXISTS', key .. suffix) == 1 then
-        redis.call('RENAME', key .. suffix, closing .. suffix)
-      end
-    end
-    redis.call('SADD', closing_set, eid)
-  end
-  redis.call('SREM', open_set, session)
+_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 """
-# ARGV[7..]: new id, face time, person, evidence, now
+# KEYS: none (ACL-checked per call). ARGV: open key, session, open set, then per script.
 SEEN = (
-    _COMMON
+    _NOW
     + """
-open(ARGV[7], ARGV[8])
-redis.call('ZINCRBY', key .. ':faces', ARGV[10], ARGV[9])
-redis.call('HSET', key, 't_seen', ARGV[11])
+local key, session = ARGV[1], ARGV[2]
+redis.call('HINCRBYFLOAT', key .. ':faces', ARGV[4], ARGV[5])
+redis.call('HSET', key, 'session', session, 't_seen', tostring(now()))
+redis.call('SADD', ARGV[3], session)
 """
 )
-# ARGV[7..]: new id, segment id, segment JSON, t_start, t_end, gap, now
+# ARGV[4..]: segment id, segment JSON (without ``at``). Returns the time it was handled.
 HEARD = (
-    _COMMON
+    _NOW
     + """
-local t_last = redis.call('HGET', key, 't_last')
-if t_last and tonumber(ARGV[10]) - tonumber(t_last) > tonumber(ARGV[12]) then seal() end
-open(ARGV[7], ARGV[10])
-redis.call('HSET', key .. ':segments', ARGV[8], ARGV[9])
-local last = redis.call('HGET', key, 't_last')
-if tonumber(ARGV[11]) > tonumber(last) then last = ARGV[11] end
-redis.call('HSET', key, 't_last', last, 't_seen', ARGV[13])
+local key, session, t = ARGV[1], ARGV[2], now()
+local segment = cjson.decode(ARGV[5])
+segment['at'] = t
+redis.call('HSET', key .. ':segments', ARGV[4], cjson.encode(segment))
+redis.call('HSET', key, 'session', session, 't_seen', tostring(t))
+redis.call('SADD', ARGV[3], session)
+return tostring(t)
 """
 )
-# ARGV[7..]: now, gap. Returns 1 if it sealed the conversation.
-SEAL_IF_QUIET = (
-    _COMMON
-    + """
-local times = redis.call('HMGET', key, 't_last', 't_seen')
-local latest = 0
-for _, t in ipairs(times) do if t and tonumber(t) > latest then latest = tonumber(t) end end
-if tonumber(ARGV[7]) - latest > tonumber(ARGV[8]) then seal() return 1 end
-return 0
+# ARGV[4..]: eid, closing key, closing set, t_lo, t_hi, last ('1': the session's state goes too),
+# t_start, t_end, then the segment ids. Sightings (by the second) from before t_lo belong to no
+# conversation left open and go; those up to t_hi go with the conversation.
+SEAL = """
+local key, session, eid, closing = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local t_lo, t_hi = tonumber(ARGV[7]), tonumber(ARGV[8])
+if redis.call('EXISTS', closing) == 0 then
+  redis.call('HSET', closing, 'id', eid, 'session', session, 't_start', ARGV[10], 't_end', ARGV[11])
+end
+for i = 12, #ARGV do
+  local segment = redis.call('HGET', key .. ':segments', ARGV[i])
+  if segment then
+    redis.call('HSET', closing .. ':segments', ARGV[i], segment)
+    redis.call('HDEL', key .. ':segments', ARGV[i])
+  end
+end
+local faces = redis.call('HGETALL', key .. ':faces')
+for i = 1, #faces, 2 do
+  local second = tonumber(string.match(faces[i], '|(%-?[%d%.]+)$'))
+  if second <= t_hi then
+    if second + 1 > t_lo then redis.call('HINCRBYFLOAT', closing .. ':faces', faces[i], faces[i + 1]) end
+    redis.call('HDEL', key .. ':faces', faces[i])
+  end
+end
+if ARGV[9] == '1' and redis.call('HLEN', key .. ':segments') == 0 then
+  redis.call('DEL', key, key .. ':faces')
+  redis.call('SREM', ARGV[3], session)
+end
+redis.call('SADD', ARGV[6], eid)
 """
-)
+# KEYS: none. ARGV: a ``:faces`` key, the person, and their new id ('' to remove them).
+REPOINT = """
+local faces = redis.call('HGETALL', ARGV[1])
+local prefix = ARGV[2] .. '|'
+for i = 1, #faces, 2 do
+  if string.sub(faces[i], 1, #prefix) == prefix then
+    if ARGV[3] ~= '' then
+      redis.call('HINCRBYFLOAT', ARGV[1], ARGV[3] .. '|' .. string.sub(faces[i], #prefix + 1), faces[i + 1])
+    end
+    redis.call('HDEL', ARGV[1], faces[i])
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class OpenState:
+    """What a session has that no ended conversation has taken yet."""
+
+    session: str
+    t_seen: float
+    """When memory last handled something of it (server clock)."""
+    segments: list[dict[str, Any]]
+    """Oldest first (by speech time): id, t_start, t_end, text, at (when it was handled)."""
 
 
 @dataclass(frozen=True)
@@ -87,52 +122,82 @@ class Closing:
     id: str
     session: str
     t_start: float
+    t_end: float
     segments: list[dict[str, Any]]
-    """Oldest first: id, t_start, t_end, text."""
+    """Oldest first."""
     people: list[str]
     """Persons seen in it, the one with the most evidence first."""
+    failures: int = 0
+    """Ticks that failed to write it so far."""
 
 
 class Conversations:
-    """Each session's conversation in progress and the ended ones not yet written."""
+    """Each session's open state and the ended conversations not yet written."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._seen = client.register_script(SEEN)
         self._heard = client.register_script(HEARD)
-        self._seal_if_quiet = client.register_script(SEAL_IF_QUIET)
-        pre, post = MemoryKeys.closing("\0").split("\0")
-        self._closing_affix = [pre, post, MemoryKeys.OPEN_SESSIONS, MemoryKeys.CLOSING]
-
-    def _args(self, session: str) -> list[str]:
-        return [MemoryKeys.open_encounter(session), session, *self._closing_affix]
+        self._seal = client.register_script(SEAL)
+        self._repoint = client.register_script(REPOINT)
 
     @staticmethod
-    def _new_id(session: str) -> str:
-        return f"e-{session}-{uuid.uuid4().hex[:8]}"
+    def _args(session: str) -> list[str]:
+        return [MemoryKeys.open_encounter(session), session, MemoryKeys.OPEN_SESSIONS]
+
+    def now(self) -> float:
+        """The Redis server's clock, the one stream entry ids and these states are stamped with."""
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
 
     def known_session(self, session: str) -> bool:
         """Whether capture announced this session."""
         return bool(self.redis.sismember(MemoryKeys.SESSIONS, session))
 
-    def seen(self, session: str, pid: str, evidence: float, t: float, now: float) -> None:
-        """``pid`` was in view at ``t`` (opening the conversation if there is none)."""
-        self._seen(args=[*self._args(session), self._new_id(session), repr(t), pid, evidence, repr(now)])
+    # -- adding --------------------------------------------------------------------------
 
-    def heard(self, session: str, segment: dict[str, Any], gap_s: float, now: float) -> None:
-        """A transcript segment (id, t_start, t_end, text). Speech starting more than ``gap_s``
-        after the conversation's last ends it first, and starts the next."""
-        self._heard(args=[
-            *self._args(session), self._new_id(session), segment["id"], json.dumps(segment),
-            repr(segment["t_start"]), repr(segment["t_end"]), gap_s, repr(now),
-        ])  # fmt: skip
+    def seen(self, session: str, pid: str, evidence: float, t: float) -> None:
+        """``pid`` was in view at speech time ``t``, with this much evidence (box area)."""
+        self._seen(args=[*self._args(session), f"{pid}|{int(t)}", evidence])
+
+    def heard(self, session: str, segment: dict[str, Any]) -> float:
+        """A transcript segment (id, t_start, t_end, text); returns when it was handled."""
+        return float(self._heard(args=[*self._args(session), segment["id"], json.dumps(segment)]))
+
+    # -- deciding ------------------------------------------------------------------------
 
     def open_sessions(self) -> list[str]:
         return sorted(text(s) for s in self.redis.smembers(MemoryKeys.OPEN_SESSIONS))
 
-    def seal_if_quiet(self, session: str, now: float, gap_s: float) -> bool:
-        """End the session's conversation if nothing was said or handled for ``gap_s``."""
-        return bool(self._seal_if_quiet(args=[*self._args(session), repr(now), gap_s]))
+    def open_state(self, session: str) -> OpenState | None:
+        key = MemoryKeys.open_encounter(session)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(key, "t_seen")
+            pipe.hvals(key + ":segments")
+            t_seen, segments = pipe.execute()
+        if t_seen is None:
+            self.redis.srem(MemoryKeys.OPEN_SESSIONS, session)
+            return None
+        ordered = sorted((json.loads(s) for s in segments), key=lambda s: (s["t_start"], s["id"]))
+        return OpenState(session, float(t_seen), ordered)
+
+    def seal(
+        self, session: str, segments: Sequence[dict[str, Any]], window: tuple[float, float], last: bool
+    ) -> str:
+        """End a conversation: these segments, and the sightings in ``window`` (speech time).
+        ``last``: nothing else of the session is open, so its state goes. Returns the encounter id,
+        made from the first segment's id, so that two replicas sealing it at once agree."""
+        eid = f"e-{segments[0]['id']}" if segments else f"e-{session}-silent"
+        t_start = min(s["t_start"] for s in segments) if segments else window[0]
+        t_end = max(s["t_end"] for s in segments) if segments else window[1]
+        self._seal(args=[
+            *self._args(session), eid, MemoryKeys.closing(eid), MemoryKeys.CLOSING,
+            repr(window[0]), repr(window[1]), "1" if last else "0", repr(t_start), repr(t_end),
+            *(s["id"] for s in segments),
+        ])  # fmt: skip
+        return eid
+
+    # -- ended conversations -------------------------------------------------------------
 
     def closing_ids(self) -> list[str]:
         return sorted(text(e) for e in self.redis.smembers(MemoryKeys.CLOSING))
@@ -143,17 +208,24 @@ class Conversations:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(key)
             pipe.hvals(key + ":segments")
-            pipe.zrevrange(key + ":faces", 0, -1)
-            raw, segments, people = pipe.execute()
+            pipe.hgetall(key + ":faces")
+            raw, segments, faces = pipe.execute()
         if not raw:
             self.redis.srem(MemoryKeys.CLOSING, eid)
             return None
         state = {text(k): text(v) for k, v in raw.items()}
+        evidence: dict[str, float] = defaultdict(float)
+        for field, value in faces.items():
+            evidence[text(field).rsplit("|", 1)[0]] += float(value)
         return Closing(
-            id=eid, session=state["session"], t_start=float(state["t_start"]),
-            segments=sorted((json.loads(s) for s in segments), key=lambda s: s["t_start"]),
-            people=[text(p) for p in people],
+            id=eid, session=state["session"], t_start=float(state["t_start"]), t_end=float(state["t_end"]),
+            segments=sorted((json.loads(s) for s in segments), key=lambda s: (s["t_start"], s["id"])),
+            people=sorted(evidence, key=lambda p: (-evidence[p], p)), failures=int(state.get("failures", 0)),
         )  # fmt: skip
+
+    def failed(self, eid: str) -> int:
+        """Count a failed try at writing it; returns the count."""
+        return int(self.redis.hincrby(MemoryKeys.closing(eid), "failures", 1))
 
     def discard(self, eid: str) -> None:
         """The ended conversation is written (or had nothing to write): its state goes."""
@@ -163,12 +235,29 @@ class Conversations:
             pipe.srem(MemoryKeys.CLOSING, eid)
             pipe.execute()
 
-    def forget_person(self, pid: str) -> None:
-        """Remove ``pid`` from the people seen in every open and closing conversation."""
-        for eid in self.closing_ids():
-            self.redis.zrem(MemoryKeys.closing(eid) + ":faces", pid)
-        for session in self.open_sessions():
-            self.redis.zrem(MemoryKeys.open_encounter(session) + ":faces", pid)
+    def bury(self, c: Closing, error: str, dlq: str, cap: int) -> None:
+        """An ended conversation that cannot be written goes to ``dlq`` with its state, and the
+        others go on without it."""
+        letter = dead_letter(
+            "memory:conversations", c.id, error,
+            {"session": c.session, "segments": json.dumps(c.segments), "people": json.dumps(c.people)},
+            group="memory", failures=str(c.failures),
+        )  # fmt: skip
+        closing = MemoryKeys.closing(c.id)
+        with self.redis.pipeline() as pipe:
+            pipe.xadd(dlq, letter, maxlen=cap, approximate=True)
+            pipe.delete(closing, closing + ":segments", closing + ":faces")
+            pipe.srem(MemoryKeys.CLOSING, c.id)
+            pipe.execute()
+
+    # -- corrections -------------------------------------------------------------------
+
+    def repoint(self, pid: str, to: str | None) -> None:
+        """``pid`` is now ``to`` (a merge), or nobody (a forget): in every open and ended conversation."""
+        keys = [MemoryKeys.open_encounter(s) for s in self.open_sessions()]
+        keys += [MemoryKeys.closing(e) for e in self.closing_ids()]
+        for key in keys:
+            self._repoint(args=[key + ":faces", pid, to or ""])
 
     def lock(self, session: str) -> AbstractContextManager[Any]:
         """Held while a session's encounter is recorded, so two replicas ticking at once record it once.

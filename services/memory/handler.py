@@ -1,8 +1,8 @@
 """Faces and transcripts in; recall cards and finished conversations out."""
 
 import logging
-import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from prometheus_client import Counter
@@ -23,6 +23,19 @@ from shared.streams import Groups
 
 log = logging.getLogger(__name__)
 CAUGHT_UP_S = 5.0
+
+
+def split(segments: Sequence[dict[str, Any]], gap_s: float) -> list[list[dict[str, Any]]]:
+    """Segments (oldest first) cut where speech pauses for longer than ``gap_s``."""
+    groups: list[list[dict[str, Any]]] = []
+    end = float("-inf")
+    for segment in segments:
+        if segment["t_start"] - end > gap_s:
+            groups.append([])
+        groups[-1].append(segment)
+        end = max(end, segment["t_end"])
+    return groups
+
 
 MATCHES = Counter("convo_memory_faces_total", "Faces by outcome", ["outcome"])
 ENCOUNTERS = Counter("convo_memory_encounters_total", "Conversations closed, by outcome", ["outcome"])
@@ -66,7 +79,7 @@ class MemoryHandler:
         if result.person_id is None:
             return []
         area = max(msg.bbox[2] - msg.bbox[0], 0) * max(msg.bbox[3] - msg.bbox[1], 0)
-        self.conversations.seen(msg.session, result.person_id, area, msg.t, time.time())
+        self.conversations.seen(msg.session, result.person_id, area, msg.t)
         if not self.store.repo.card_due(result.person_id, msg.face_id, self.settings.match.recall_cooldown_s):
             return []
         card = self.store.recall(result.person_id, now=msg.t)
@@ -84,27 +97,80 @@ class MemoryHandler:
             raise BadMessageError(f"segment {msg.segment_id}: empty transcript")
         self._known_session(msg.session)
         segment = {"id": msg.segment_id, "t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text}
-        self.conversations.heard(msg.session, segment, self.settings.encounter.gap_s, time.time())
+        self.conversations.heard(msg.session, segment)
         return []
 
     def tick(self) -> list[EncounterMessage]:
-        """End every conversation quiet for longer than the gap, and write every ended one.
+        """End the conversations that are over, and write every ended one.
 
-        Quiet means both: no speech for ``gap_s`` (speech time), and nothing arrived for it
-        for ``gap_s`` (this machine's time), since transcripts trail the speech by the
-        transcriber's latency. An ended conversation's state stays until its encounter is
-        written (:meth:`committed`): a replica killed in between leaves it for the next tick.
+        A session's segments are cut into conversations where speech pauses for longer than
+        ``gap_s`` (speech time). A conversation followed by another is over once every segment
+        that could still belong to it has been transcribed and handled (:meth:`_settled`); the
+        last one is over when the session is also quiet: no speech for ``gap_s`` and nothing
+        handled for it for ``gap_s``, since transcripts trail the speech by the transcriber's
+        latency. An ended conversation's state stays until its encounter is written
+        (:meth:`committed`): a replica killed in between leaves it for the next tick.
         """
-        now = time.time()
-        if self._caught_up(now):  # decide when memory has caught up
+        now = self.conversations.now()
+        if self._caught_up(now):
             for session in self.conversations.open_sessions():
-                self.conversations.seal_if_quiet(session, now, self.settings.encounter.gap_s)
-        out = []
+                self._cut(session, now)
+        out: list[EncounterMessage] = []
         for eid in self.conversations.closing_ids():
             closing = self.conversations.closing(eid)
             if closing is not None:
-                out += self._encounter(closing)
+                out += self._write_isolated(closing)
         return out
+
+    def _cut(self, session: str, now: float) -> None:
+        """Seal the session's conversations that are over."""
+        state = self.conversations.open_state(session)
+        if state is None:
+            return
+        gap = self.settings.encounter.gap_s
+        groups = split(state.segments, gap)
+        quiet = now - state.t_seen > gap and (not groups or now - max(s["t_end"] for s in groups[-1]) > gap)
+        # every segment of a conversation was spoken, so written, before any of the next one's
+        handled = [max(s["at"] for g in groups[i + 1 :] for s in g) for i in range(len(groups) - 1)]
+        done = [g for g, at in zip(groups, handled, strict=False) if self._settled(at)]
+        if quiet and len(done) == len(groups) - 1 and self._settled(now - 1.0):
+            done = groups
+        if quiet and not groups:
+            self.conversations.seal(session, [], (state.t_seen - gap, now), last=True)
+            return
+        for i, group in enumerate(done):
+            following = groups[i + 1][0]["t_start"] if i + 1 < len(groups) else float("inf")
+            end = max(s["t_end"] for s in group)
+            window = (group[0]["t_start"] - gap / 2, min(end + gap / 2, following - gap / 2))
+            self.conversations.seal(session, group, window, last=group is groups[-1])
+
+    def _settled(self, since: float) -> bool:
+        """Whether every segment capture wrote before ``since`` (server clock) has been transcribed,
+        and memory has handled every transcript written until now: then every segment spoken
+        before one handled at ``since`` is here."""
+        check = self.conversations.now()
+        streams = self.settings.streams
+        audio = self.conversations.oldest_unfinished(streams.audio_segments, Groups.TRANSCRIBER)
+        if audio is not None and audio <= since:
+            return False
+        heard = self.conversations.oldest_unfinished(streams.transcripts, Groups.MEMORY)
+        return heard is None or heard > check
+
+    def _write_isolated(self, c: Closing) -> list[EncounterMessage]:
+        """One ended conversation that cannot be written must not hold up the others: it is tried
+        again on the next ticks, then goes to ``dlq`` with its state."""
+        try:
+            return self._encounter(c)
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            failures = self.conversations.failed(c.id)
+            log.exception("encounter=%s session=%s outcome=failed failures=%d", c.id, c.session, failures)
+            if failures >= self.settings.consumer.max_deliveries:
+                error = f"{type(exc).__name__}: {exc}"
+                self.conversations.bury(c, error, self.settings.streams.dlq, self.settings.caps.dlq)
+                ENCOUNTERS.labels("dlq").inc()
+            return []
 
     def committed(self, outputs: Sequence[StreamMessage]) -> None:
         """The encounters are in the stream: their ended conversations' state can go."""
