@@ -119,6 +119,11 @@ class MemoryKeys:
         return f"{KEY_PREFIX}:person:{pid}:encounters"
 
     @staticmethod
+    def lineage(pid: str) -> str:
+        """ZSET face id by time: the faces memory gave this person, which forget removes."""
+        return f"{KEY_PREFIX}:person:{pid}:lineage"
+
+    @staticmethod
     def encounter(eid: str) -> str:
         """HASH: the encounter's session, times, transcript, summary, topics and facts."""
         return f"{KEY_PREFIX}:encounter:{eid}"

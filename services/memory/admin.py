@@ -74,7 +74,7 @@ class PersonAdmin:
         counts: Counter[str] = Counter(
             views=person.views, facts=len(person.facts), encounters=len(person.encounter_ids)
         )
-        self._scrub_streams(pid, views, segments, counts)
+        self._scrub_streams(pid, views, self.repo.lineage(pid), segments, counts)
         self.repo.delete(pid, person.encounter_ids)
         self.repo.drop_changes_of(pid)
         counts["training rows"] = Dataset(self.dataset).forget(pid)
@@ -84,10 +84,17 @@ class PersonAdmin:
         return dict(counts)
 
     def _scrub_streams(
-        self, pid: str, views: np.ndarray | None, segments: set[str], counts: Counter[str]
+        self, pid: str, views: np.ndarray | None, faces: set[str], segments: set[str], counts: Counter[str]
     ) -> None:
-        """Delete every stream entry that holds the person's id, face or speech."""
-        frame_ids = self._drop_entries(self.streams.faces, counts, lambda f: self._is_face_of(f, views))
+        """Delete every stream entry that holds the person's id, face or speech.
+
+        Faces go by lineage (the face ids memory gave them), so another person who looks alike
+        keeps theirs. Only a dead-lettered face, which was never given to anyone, is judged by
+        its likeness to the person's views.
+        """
+        frame_ids = self._drop_entries(
+            self.streams.faces, counts, lambda f: text(f.get(b"face_id", b"")) in faces
+        )
         self._drop_entries(self.streams.frames, counts, lambda f: text(f.get(b"frame_id", b"")) in frame_ids)
         for stream in (self.streams.transcripts, self.streams.audio_segments):
             self._drop_entries(stream, counts, lambda f: text(f.get(b"segment_id", b"")) in segments)

@@ -193,13 +193,14 @@ class MemoryHandler:
 
     def _encounter(self, c: Closing) -> list[EncounterMessage]:
         """The ended conversation as an encounter, recorded in the person's profile (once)."""
-        if not c.segments or not c.people:
+        people = [p for p in c.people if self.store.repo.exists(p)]  # one may be forgotten meanwhile
+        if not c.segments or not people:
             outcome = "no speech" if not c.segments else "no face"
             ENCOUNTERS.labels(outcome).inc()
             log.info("encounter=%s session=%s closed without a record: %s", c.id, c.session, outcome)
             self.conversations.discard(c.id)
             return []
-        pid = c.people[0]
+        pid = people[0]
         transcript = " ".join(s["text"] for s in c.segments)
         extraction = self.store.extractor.extract(transcript, self.store.wearer)
         t_end = max(s["t_end"] for s in c.segments)

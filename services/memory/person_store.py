@@ -113,13 +113,15 @@ class PersonStore:
                 result = self._create(vector, thumb, t, exclude)
             if result.person_id is None:
                 return result
-            if frame_id is None or self.repo.claim_in_frame(frame_id, result.person_id, face):
+            if frame_id is None or self.repo.claim_in_frame(frame_id, result.person_id, face, t):
                 if result.outcome == "match":
                     self._touch(result.person_id, vector, thumb, t)
                 return result
         raise RuntimeError(f"could not give frame {frame_id} a person after 8 tries")
 
     def _create(self, vector: np.ndarray, thumb: bytes, t: float, exclude: set[str]) -> Match:
+        # A full reload (100k persons: seconds) happens here, not under the 10 s lock below.
+        self.refresh()
         with self.repo.new_person_lock():
             again = self.match(vector, exclude)  # another replica may have created them meanwhile
             if again.outcome != "new":

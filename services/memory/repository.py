@@ -21,9 +21,21 @@ from shared.streams import KEY_PREFIX, MemoryKeys, stream_id
 
 CHANGES = MemoryKeys.CHANGES
 CHANGES_CAP = 100_000
+LINEAGE_CAP = 100_000
+"""Face ids kept per person for forget: as many as the faces stream holds by default."""
 FULL_RELOAD = "*"
 """The change that means "reload every person" (a forgotten person's id is written down nowhere)."""
 PROFILE_FIELDS = ("name", "company", "role")
+# ARGV: person key, faces key, changes stream, its cap, person id, thumb, [view id, embedding]
+ADD_VIEW = """
+if redis.call('EXISTS', ARGV[1]) == 0 then return 0 end
+if ARGV[6] ~= '' then redis.call('HSET', ARGV[1], 'thumb', ARGV[6]) end
+if ARGV[7] then
+  redis.call('HSET', ARGV[2], ARGV[7], ARGV[8])
+  redis.call('XADD', ARGV[3], 'MAXLEN', '~', ARGV[4], '*', 'person', ARGV[5])
+end
+return 1
+"""
 
 
 def text(value: Any) -> str:
@@ -52,6 +64,7 @@ class PersonRepository:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._add_view = client.register_script(ADD_VIEW)
 
     # -- persons ---------------------------------------------------------------------------
 
@@ -124,14 +137,12 @@ class PersonRepository:
                 yield {pid: stack(v) for pid, v in zip(part, pipe.execute(), strict=True)}
 
     def add_view(self, pid: str, vector: np.ndarray | None, thumb: bytes, t: float) -> None:
-        """Keep a new look (``vector``) and the newest thumbnail, either of them optional."""
-        with self.redis.pipeline() as pipe:
-            if vector is not None:
-                pipe.hset(MemoryKeys.faces(pid), view_id(t), embedding_to_bytes(vector))
-                self._mark_changed(pipe, pid)
-            if thumb:
-                pipe.hset(MemoryKeys.person(pid), "thumb", thumb)
-            pipe.execute()
+        """Keep a new look (``vector``) and the newest thumbnail, either of them optional; only while
+        the person exists, so a match still in flight cannot bring a forgotten person back."""
+        args = [MemoryKeys.person(pid), MemoryKeys.faces(pid), CHANGES, CHANGES_CAP, pid, thumb]
+        if vector is not None:
+            args += [view_id(t), embedding_to_bytes(vector)]
+        self._add_view(args=args)
 
     def trim_views(self, pid: str, keep: int) -> None:
         """Keep the newest ``keep`` views of a person."""
@@ -170,15 +181,26 @@ class PersonRepository:
         """Person -> face id, for the faces of this frame given a person so far."""
         return {text(p): text(f) for p, f in self.redis.hgetall(MemoryKeys.frame_persons(frame_id)).items()}
 
-    def claim_in_frame(self, frame_id: str, pid: str, face: str) -> bool:
-        """Give ``pid`` to this face of the frame, unless another face of it has them."""
+    def claim_in_frame(self, frame_id: str, pid: str, face: str, t: float) -> bool:
+        """Give ``pid`` to this face of the frame, unless another face of it has them. A face given
+        to a person is noted in their lineage, which forget follows."""
         key = MemoryKeys.frame_persons(frame_id)
         with self.redis.pipeline() as pipe:
             pipe.hsetnx(key, pid, face)
             pipe.hget(key, pid)
             pipe.expire(key, 3600)
             added, owner, _ = pipe.execute()
-        return bool(added) or (face != "?" and text(owner) == face)
+        mine = bool(added) or (face != "?" and text(owner) == face)
+        if mine and face != "?":
+            with self.redis.pipeline() as pipe:
+                pipe.zadd(MemoryKeys.lineage(pid), {face: t})
+                pipe.zremrangebyrank(MemoryKeys.lineage(pid), 0, -LINEAGE_CAP - 1)
+                pipe.execute()
+        return mine
+
+    def lineage(self, pid: str) -> set[str]:
+        """The face ids memory gave this person (the newest ``LINEAGE_CAP``)."""
+        return {text(f) for f in self.redis.zrange(MemoryKeys.lineage(pid), 0, -1)}
 
     # -- cards -----------------------------------------------------------------------------------
 
@@ -274,6 +296,7 @@ class PersonRepository:
                 "encounters": a.encounters + b.encounters,
             }
             pipe.hset(MemoryKeys.person(keep), mapping=updates)
+            pipe.zunionstore(MemoryKeys.lineage(keep), [MemoryKeys.lineage(keep), MemoryKeys.lineage(drop)])
             self._delete_person(pipe, drop)
             self._mark_changed(pipe, keep)
             self._mark_changed(pipe, drop)
@@ -317,6 +340,6 @@ class PersonRepository:
     def _delete_person(pipe: redis.client.Pipeline, pid: str) -> None:
         pipe.delete(
             MemoryKeys.person(pid), MemoryKeys.faces(pid), MemoryKeys.facts(pid),
-            MemoryKeys.encounters(pid), MemoryKeys.recall_cooldown(pid),
+            MemoryKeys.encounters(pid), MemoryKeys.recall_cooldown(pid), MemoryKeys.lineage(pid),
         )  # fmt: skip
         pipe.srem(MemoryKeys.PERSONS, pid)

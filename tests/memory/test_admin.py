@@ -11,7 +11,7 @@ from services.memory.admin import PersonAdmin
 from services.memory.handler import MemoryHandler
 from services.memory.person_store import PersonStore
 from services.memory.settings import MemorySettings
-from shared.schemas import AudioSegmentMessage, FrameMessage
+from shared.schemas import AudioSegmentMessage, FaceMessage, FrameMessage, embedding_to_bytes
 from shared.streams import MemoryKeys, StreamNames
 from tests.face.conftest import frame, photo
 from tests.memory.test_memory_service import faces_of, line, run
@@ -143,3 +143,29 @@ def test_person_commands_of_the_cli(
     assert store.profile(pid).name == "Sarah C."
     forgot = cli.invoke(app, ["person", "forget", pid, "--yes"])
     assert forgot.exit_code == 0 and "views: 1" in forgot.output and store.person_ids() == []
+
+
+def test_forget_during_match(
+    r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
+) -> None:
+    """Forget follows lineage: a look-alike keeps their faces; and a match still in flight when the
+    person is forgotten cannot bring them back."""
+    handler = MemoryHandler(r, memory_settings)
+    r.sadd(MemoryKeys.SESSIONS, "s")
+    # a face and its mirror image in one frame: two people (cosine 0.96) by the frame rule
+    for i, key in enumerate(["astronaut", "astronaut-flipped"]):
+        face = FaceMessage(
+            face_id=f"f1:{i}", frame_id="f1", session="s", t=time.time(), bbox=[0, 0, 9, 9],
+            det_score=0.9, embedding=embedding_to_bytes(embeddings[key]),
+        )  # fmt: skip
+        r.xadd("faces", face.to_fields())
+    run(r, memory_settings, handler)
+    owners = {f: p for p, f in handler.store.repo.frame_claims("f1").items()}
+    one, other = owners["f1:0"], owners["f1:1"]
+    in_flight = handler.store.match(embeddings["astronaut"], exclude={other})
+    assert in_flight.person_id == one
+    PersonAdmin(handler.store, memory_settings.streams).forget(one)
+    assert [f[b"face_id"] for _, f in r.xrange("faces")] == [b"f1:1"], "the look-alike keeps their face"
+    handler.store._touch(one, embeddings["astronaut"], b"thumb", time.time())  # the match lands late
+    assert not [k for k in r.scan_iter(f"*{one}*")], "nothing of the forgotten person came back"
+    assert handler.store.profile(other).views == 1
