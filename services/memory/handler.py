@@ -9,7 +9,9 @@ from prometheus_client import Counter
 
 from services.memory.conversations import Closing, Conversations
 from services.memory.extract import Extractor
+from services.memory.grounding import grounded
 from services.memory.person_store import PersonStore
+from services.memory.recall import encounter_summary
 from services.memory.settings import MemorySettings
 from shared.schemas import (
     BadMessageError,
@@ -202,7 +204,9 @@ class MemoryHandler:
             return []
         pid = people[0]
         transcript = " ".join(s["text"] for s in c.segments)
-        extraction = self.store.extractor.extract(transcript, self.store.wearer)
+        extraction = grounded(self.store.extractor.extract(transcript, self.store.wearer), transcript)
+        summary = encounter_summary(self.store.profile(pid), extraction)
+        extraction = extraction.model_copy(update={"summary": summary})
         t_end = max(s["t_end"] for s in c.segments)
         with self.conversations.lock(c.session):  # two replicas ticking at once record it once
             self.store.record_encounter(

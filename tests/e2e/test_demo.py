@@ -68,6 +68,8 @@ def test_demo_meetings_end_with_sarah_recognised(
         encounters[0].summary == "Met Sarah Chen from Stripe at the climbing gym. Talked about rate limits."
     )
     assert encounters[0].person_id == encounters[2].person_id != encounters[1].person_id
+    assert encounters[2].summary.startswith("Met Sarah Chen from Stripe again"), "the summary knows who"
+    assert "someone new" not in encounters[1].summary
     cards = [RecallMessage.from_fields(f) for _, f in r.xrange("recalls")]
     sarah_again = [c for c in cards if c.recall_id.startswith("demo-3")]
     assert sarah_again and sarah_again[0].name == "Sarah Chen"
