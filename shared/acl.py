@@ -48,7 +48,7 @@ RECORDS = ("@hash", "@set", "@sortedset", "@string", "@stream", "@keyspace", "@s
 MEMORY_KEYS = (
     MemoryKeys.PERSONS, f"{MemoryKeys.PERSONS}:*", f"{KEY_PREFIX}:person:*", f"{KEY_PREFIX}:encounter:*",
     f"{KEY_PREFIX}:frame:*", MemoryKeys.SESSIONS, f"{KEY_PREFIX}:session:*", f"{KEY_PREFIX}:sessions:*",
-    MemoryKeys.NEW_PERSON_LOCK, f"{KEY_PREFIX}:lock:session:*", f"{KEY_PREFIX}:recall-cooldown:*",
+    MemoryKeys.NEW_PERSON_LOCK, f"{KEY_PREFIX}:lock:session:*",
 )  # fmt: skip
 
 
@@ -89,6 +89,7 @@ GRANTS = (
         # it waits for the transcriber's backlog before it ends a conversation
         follows=(AdapterMessage,), watches=(AudioSegmentMessage,), keys=MEMORY_KEYS,
         read_keys=(f"{KEY_PREFIX}:trainer:*",),
+        forgets=True,  # an expired candidate's face goes from every stream
         commands=(*LOOP, *RECORDS, "time"),  # conversations are stamped with the server's clock
     ),
     Grant(

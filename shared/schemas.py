@@ -182,6 +182,11 @@ class FaceMessage(StreamMessage):
     landmarks: Annotated[list[list[float]], Field(max_length=106)] = []
     embedding: bytes
     thumb: bytes = b""
+    faces_in_frame: Annotated[int, Field(ge=0, le=1000)] = 0
+    """How many faces of its frame the face stage passed on; 0 when unknown."""
+    width: Annotated[int, Field(ge=0, le=20_000)] = 0
+    """Size of the frame the face is in, for where and how large it is in view; 0 when unknown."""
+    height: Annotated[int, Field(ge=0, le=20_000)] = 0
 
     def vector(self) -> np.ndarray:
         """The embedding as a float32 array; raises :class:`BadMessageError` if it is unusable."""
@@ -210,6 +215,14 @@ class RecallMessage(StreamMessage):
     backend: Annotated[str, Field(max_length=50)] = ""
     """Which extraction backend wrote the summary it draws on: rules, anthropic or local."""
     thumb: bytes = b""
+    others: Annotated[list[str], Field(max_length=20)] = []
+    """Names of the other people the wearer knows who are in view too."""
+    strangers: Annotated[int, Field(ge=0)] = 0
+    """How many other people in view the wearer does not know (one line on the card, not a card each)."""
+    stay_s: Annotated[float, Field(ge=0)] = 0.0
+    """The card stays this long after it arrives unless another renews it; 0: until replaced."""
+    note: Annotated[str, Field(max_length=200)] = ""
+    """Why the card is news, e.g. "introduced just now"."""
 
 
 class EncounterMessage(StreamMessage):

@@ -96,6 +96,7 @@ class MemoryKeys:
     OPEN_SESSIONS = f"{KEY_PREFIX}:sessions:open"  # SET of sessions with a conversation in progress
     CLOSING = f"{KEY_PREFIX}:sessions:closing"  # SET of ended conversations not yet written to encounters
     CHANGES = f"{KEY_PREFIX}:persons:changes"  # STREAM: one entry per person whose views changed
+    CANDIDATES = f"{KEY_PREFIX}:persons:candidates"  # ZSET: faces not yet persons, by when they expire
     NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
 
     @staticmethod
@@ -144,12 +145,28 @@ class MemoryKeys:
         return f"{KEY_PREFIX}:encounter:{eid}:closing"
 
     @staticmethod
+    def view(session: str) -> str:
+        """HASH person -> JSON {t, e, known}: who is in the session's view, with their evidence."""
+        return f"{KEY_PREFIX}:session:{session}:view"
+
+    @staticmethod
+    def card(session: str) -> str:
+        """HASH pid, t: whose card the session's overlay shows, and since when."""
+        return f"{KEY_PREFIX}:session:{session}:card"
+
+    @staticmethod
+    def frame_faces(frame_id: str) -> str:
+        """SET of the frame's face ids memory has handled, to decide its card once all are in."""
+        return f"{KEY_PREFIX}:frame:{frame_id}:faces"
+
+    @staticmethod
     def session_lock(session: str) -> str:
         return f"{KEY_PREFIX}:lock:session:{session}"
 
     @staticmethod
-    def recall_cooldown(pid: str) -> str:
-        return f"{KEY_PREFIX}:recall-cooldown:{pid}"
+    def sessions_of(pid: str) -> str:
+        """SET of the sessions a candidate was seen in (two make them a person)."""
+        return f"{KEY_PREFIX}:person:{pid}:sessions"
 
 
 class TrainerKeys:

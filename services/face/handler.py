@@ -72,6 +72,7 @@ class FaceHandler(BatchedHandler):
             for box, landmarks in self._gate(image, boxes, kps):
                 pending.append((i, msg, image, box, landmarks))
         embeddings = self.embedder.predict([(image, kps) for _, _, image, _, kps in pending])
+        per_frame = collections.Counter(i for i, *_ in pending)
         for (i, msg, image, box, kps), emb in zip(pending, embeddings, strict=True):
             faces = results[i]
             assert isinstance(faces, list)
@@ -82,6 +83,7 @@ class FaceHandler(BatchedHandler):
                     bbox=[round(float(v), 1) for v in box[:4]], det_score=round(float(box[4]), 4),
                     landmarks=[[round(float(x), 1), round(float(y), 1)] for x, y in kps],
                     embedding=embedding_to_bytes(emb), thumb=thumbnail(image, box, self.settings.thumb_px),
+                    width=image.shape[1], height=image.shape[0], faces_in_frame=per_frame[i],
                 )
             )  # fmt: skip
         return results

@@ -11,6 +11,7 @@ from services.memory.conversations import Conversations
 from services.memory.person_store import PersonStore
 from services.memory.records import Person
 from services.memory.repository import text
+from services.memory.view import Views
 from services.trainer.dataset import Dataset
 from services.trainer.registry import AdapterRegistry
 from services.trainer.settings import DatasetSettings
@@ -40,9 +41,10 @@ class PersonAdmin:
         self.streams = streams
         self.dataset = dataset or DatasetSettings()
 
-    def list(self) -> list[Person]:
-        """Every person, most recently seen first."""
-        return sorted((self.repo.get(pid) for pid in self.repo.person_ids()), key=lambda p: -p.last_seen)
+    def list(self, candidates: bool = False) -> list[Person]:
+        """Every person (or, with ``candidates``, every candidate), most recently seen first."""
+        people = (self.repo.get(pid) for pid in self.repo.person_ids())
+        return sorted((p for p in people if p.candidate == candidates), key=lambda p: -p.last_seen)
 
     def show(self, pid: str) -> PersonDetail:
         person = self.repo.get(pid)
@@ -80,7 +82,23 @@ class PersonAdmin:
         counts["training rows"] = Dataset(self.dataset).forget(pid)
         counts["adapters with forgotten data"] = AdapterRegistry(self.redis).mark_forgotten(pid)
         Conversations(self.redis).repoint(pid, None)
+        Views(self.redis).forget(pid)
         log.info("person=%s forgotten: %s", pid, dict(counts))
+        return dict(counts)
+
+    def expire(self, pid: str) -> dict[str, int]:
+        """A candidate's time is up: remove its views, thumbnail and every stream entry of its face.
+        A candidate was never talked to, so it has no encounters, facts or training rows."""
+        person = self.repo.get(pid)
+        if not person.candidate:
+            return {}
+        counts: Counter[str] = Counter(views=person.views)
+        self._scrub_streams(pid, None, self.repo.lineage(pid), set(), counts)
+        self.repo.delete(pid, person.encounter_ids)
+        self.repo.drop_changes_of(pid)
+        Conversations(self.redis).repoint(pid, None)
+        Views(self.redis).forget(pid)
+        log.info("person=%s outcome=expired %s", pid, dict(counts))
         return dict(counts)
 
     def _scrub_streams(

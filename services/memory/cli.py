@@ -30,11 +30,21 @@ def _admin() -> "PersonAdmin":
 
 @app.command("list")
 def person_list() -> None:
-    """Everyone, most recently seen first."""
-    table = Table(title="people")
+    """Everyone, most recently seen first (not the candidates: `convo person candidates`)."""
+    _table("people", candidates=False)
+
+
+@app.command("candidates")
+def person_candidates() -> None:
+    """Faces seen but not yet people: never talked to, named or seen across sessions; they expire."""
+    _table("candidates (expire unless talked to, named, or seen again in another session)", candidates=True)
+
+
+def _table(title: str, candidates: bool) -> None:
+    table = Table(title=title)
     for col in ("id", "name", "company", "encounters", "views", "last seen", "facts"):
         table.add_column(col, overflow="fold")
-    for p in _admin().list():
+    for p in _admin().list(candidates=candidates):
         last = time.strftime("%Y-%m-%d %H:%M", time.localtime(p.last_seen))
         facts = "; ".join(f.text for f in p.facts[:3])
         table.add_row(p.id, p.name or "?", p.company, str(p.encounters), str(p.views), last, facts)

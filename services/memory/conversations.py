@@ -125,8 +125,8 @@ class Closing:
     t_end: float
     segments: list[dict[str, Any]]
     """Oldest first."""
-    people: list[str]
-    """Persons seen in it, the one with the most evidence first."""
+    people: dict[str, float]
+    """Persons seen in it, with their evidence (weighted, summed over the conversation)."""
     failures: int = 0
     """Ticks that failed to write it so far."""
 
@@ -220,7 +220,7 @@ class Conversations:
         return Closing(
             id=eid, session=state["session"], t_start=float(state["t_start"]), t_end=float(state["t_end"]),
             segments=sorted((json.loads(s) for s in segments), key=lambda s: (s["t_start"], s["id"])),
-            people=sorted(evidence, key=lambda p: (-evidence[p], p)), failures=int(state.get("failures", 0)),
+            people=dict(evidence), failures=int(state.get("failures", 0)),
         )  # fmt: skip
 
     def failed(self, eid: str) -> int:
@@ -240,7 +240,7 @@ class Conversations:
         others go on without it."""
         letter = dead_letter(
             "memory:conversations", c.id, error,
-            {"session": c.session, "segments": json.dumps(c.segments), "people": json.dumps(c.people)},
+            {"session": c.session, "segments": json.dumps(c.segments), "people": json.dumps(list(c.people))},
             group="memory", failures=str(c.failures),
         )  # fmt: skip
         closing = MemoryKeys.closing(c.id)

@@ -1,18 +1,22 @@
 """Faces and transcripts in; recall cards and finished conversations out."""
 
 import logging
+import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from prometheus_client import Counter
 
+from services.memory.admin import PersonAdmin
 from services.memory.conversations import Closing, Conversations
-from services.memory.extract import Extractor
+from services.memory.extract import Extractor, RulesExtractor
 from services.memory.grounding import grounded
 from services.memory.person_store import PersonStore
 from services.memory.recall import encounter_summary
 from services.memory.settings import MemorySettings
+from services.memory.view import Views, evidence, pick, rank, subject
 from shared.schemas import (
     BadMessageError,
     EncounterMessage,
@@ -54,8 +58,12 @@ class MemoryHandler:
         self, client: redis.Redis, settings: MemorySettings, extractor: Extractor | None = None
     ) -> None:
         self.settings = settings
-        self.store = PersonStore(client, settings.match, extractor, wearer=settings.wearer_name)
+        self.store = PersonStore(
+            client, settings.match, extractor, settings.wearer_name, settings.view.candidate_ttl_s
+        )
         self.conversations = Conversations(client)
+        self.views = Views(client)
+        self.admin = PersonAdmin(self.store, settings.streams, settings.dataset)
         self.every_s = settings.encounter.tick_s
 
     def _known_session(self, session: str) -> None:
@@ -78,29 +86,79 @@ class MemoryHandler:
             result.outcome,
             result.score,
         )
-        if result.person_id is None:
+        if result.person_id is not None:
+            self._sighting(msg, result.person_id, result.score)
+        if not self.views.frame_done(msg.frame_id, msg.face_id, msg.faces_in_frame):
+            return []  # the card is decided once every face of the frame is in
+        return self._card(msg.session, msg.t, msg.face_id)
+
+    def _sighting(self, msg: FaceMessage, pid: str, score: float) -> None:
+        """Evidence that ``pid`` is in view, for the card and for who the conversation is with."""
+        view = self.settings.view
+        known = self.store.repo.is_known(pid)
+        weight = evidence(msg.bbox, msg.width, msg.height, msg.det_score)
+        self.conversations.seen(msg.session, pid, weight * (view.known_bonus if known else 1.0), msg.t)
+        self.views.see(msg.session, pid, msg.t, weight, known, view.view_s, score)
+        if self.store.profile(pid).candidate:
+            sessions, frames = self.store.repo.note_session(pid, msg.session)
+            if sessions >= view.promote_sessions and frames >= view.promote_frames:
+                self.store.repo.promote(pid)
+                log.info("person=%s outcome=promoted sessions=%d frames=%d", pid, sessions, frames)
+
+    def _card(self, session: str, t: float, recall_id: str, note: str = "") -> list[RecallMessage]:
+        """The card for who is in view at ``t``, if it is news: another person than the one shown,
+        the same one back in view, a renewal while they stay, or ``note``."""
+        view = self.settings.view
+        ranked = rank(self.views.view(session), t, view.view_s, view.known_bonus)
+        top = subject(ranked, view.known_bonus)
+        shown = self.views.shown(session)
+        if top is None or (shown is not None and t < shown.t):
+            return []  # nobody in view, or an older frame than the card's
+        if shown is not None and shown.pid == top.pid and t - shown.t < view.view_s / 2 and not note:
             return []
-        area = max(msg.bbox[2] - msg.bbox[0], 0) * max(msg.bbox[3] - msg.bbox[1], 0)
-        self.conversations.seen(msg.session, result.person_id, area, msg.t)
-        if not self.store.repo.card_due(result.person_id, msg.face_id, self.settings.match.recall_cooldown_s):
-            return []
-        card = self.store.recall(result.person_id, now=msg.t)
+        person = self.store.profile(top.pid)
+        card = self.store.recall(top.pid, now=t, person=person)
+        others = [self.store.profile(s.pid).name for s in ranked if s.known and s.pid != top.pid]
+        strangers = sum(1 for s in ranked if not s.known and s.pid != top.pid)
+        self.views.show(session, top.pid, t, 10 * view.view_s)
         return [
             RecallMessage(
-                recall_id=msg.face_id, person_id=result.person_id, similarity=round(result.score, 4),
-                t=msg.t, thumb=msg.thumb, **card.model_dump(),
+                recall_id=recall_id, person_id=top.pid, similarity=round(top.score, 4), t=t,
+                thumb=person.thumb, others=[o for o in others if o][:20], strangers=strangers,
+                stay_s=view.view_s, note=note,
+                **card.model_dump(),
             )
         ]  # fmt: skip
 
     # -- transcripts and conversations ---------------------------------------------------
 
-    def on_transcript(self, msg: TranscriptMessage) -> list[EncounterMessage]:
+    def on_transcript(self, msg: TranscriptMessage) -> list[RecallMessage]:
         if not msg.text.strip():
             raise BadMessageError(f"segment {msg.segment_id}: empty transcript")
         self._known_session(msg.session)
         segment = {"id": msg.segment_id, "t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text}
         self.conversations.heard(msg.session, segment)
-        return []
+        return self._introduction(msg)
+
+    def _introduction(self, msg: TranscriptMessage) -> list[RecallMessage]:
+        """Names heard are evidence. A known person in view who is named aloud is the one talked to;
+        a self-introduction names the interlocutor at once, on the live card."""
+        view = self.settings.view
+        ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
+        if not ranked:
+            return []  # a name said with nobody in view makes no card
+        for s in ranked:
+            name = self.store.profile(s.pid).name if s.known else ""
+            if name and re.search(rf"\b{re.escape(name.split()[0])}\b", msg.text, re.I):
+                weight = max(r.evidence for r in ranked)
+                self.views.see(msg.session, s.pid, msg.t_end, weight, True, view.view_s)
+                return self._card(msg.session, msg.t_end, msg.segment_id)
+        intro = grounded(RulesExtractor().extract(msg.text, self.store.wearer), msg.text)
+        if not intro.name or not self.store.repo.introduce(ranked[0].pid, intro.name, intro.company):
+            return []
+        self.views.see(msg.session, ranked[0].pid, msg.t_end, 0.0, True, view.view_s)
+        log.info("person=%s outcome=introduced segment=%s", ranked[0].pid, msg.segment_id)
+        return self._card(msg.session, msg.t_end, msg.segment_id, note="introduced just now")
 
     def tick(self) -> list[EncounterMessage]:
         """End the conversations that are over, and write every ended one.
@@ -114,6 +172,8 @@ class MemoryHandler:
         (:meth:`committed`): a replica killed in between leaves it for the next tick.
         """
         now = self.conversations.now()
+        for pid in self.store.repo.expired_candidates(time.time()):
+            self.admin.expire(pid)
         if self._caught_up(now):
             for session in self.conversations.open_sessions():
                 self._cut(session, now)
@@ -195,14 +255,15 @@ class MemoryHandler:
 
     def _encounter(self, c: Closing) -> list[EncounterMessage]:
         """The ended conversation as an encounter, recorded in the person's profile (once)."""
-        people = [p for p in c.people if self.store.repo.exists(p)]  # one may be forgotten meanwhile
+        people = {p: w for p, w in c.people.items() if self.store.repo.exists(p)}  # one may be forgotten
         if not c.segments or not people:
             outcome = "no speech" if not c.segments else "no face"
             ENCOUNTERS.labels(outcome).inc()
             log.info("encounter=%s session=%s closed without a record: %s", c.id, c.session, outcome)
             self.conversations.discard(c.id)
             return []
-        pid = people[0]
+        pid = pick(people, {p for p in people if self.store.repo.is_known(p)})
+        assert pid is not None
         transcript = " ".join(s["text"] for s in c.segments)
         extraction = grounded(self.store.extractor.extract(transcript, self.store.wearer), transcript)
         summary = encounter_summary(self.store.profile(pid), extraction)
@@ -212,7 +273,6 @@ class MemoryHandler:
             self.store.record_encounter(
                 pid, c.id, extraction, c.t_start, t_end, c.session, transcript, [s["id"] for s in c.segments]
             )
-        self.store.repo.news(pid)
         ENCOUNTERS.labels("recorded").inc()
         log.info(
             "encounter=%s session=%s person=%s segments=%d outcome=recorded",

@@ -43,9 +43,11 @@ class PersonStore:
 
     def __init__(
         self, client: redis.Redis, settings: MatchSettings, extractor: Extractor | None = None,
-        wearer: str | None = None,
+        wearer: str | None = None, candidate_ttl_s: float | None = None,
     ) -> None:  # fmt: skip
         self.redis = client
+        self.candidate_ttl_s = candidate_ttl_s
+        """New faces are candidates for this long (the memory service); ``None``: persons at once."""
         self.repo = PersonRepository(client)
         self.settings = settings
         self.extractor = extractor or RulesExtractor()
@@ -126,7 +128,8 @@ class PersonStore:
             again = self.match(vector, exclude)  # another replica may have created them meanwhile
             if again.outcome != "new":
                 return again
-            pid = self.repo.create(vector, thumb, t)
+            until = time.time() + self.candidate_ttl_s if self.candidate_ttl_s is not None else None
+            pid = self.repo.create(vector, thumb, t, candidate_until=until)
             self.refresh()
             log.info("person=%s outcome=new", pid)
             return Match(pid, 1.0, again.score, "new")

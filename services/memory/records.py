@@ -31,6 +31,10 @@ class Person(BaseModel):
     """Oldest first."""
     thumb: bytes = b""
     """The newest face thumbnail (JPEG), or empty."""
+    candidate: bool = False
+    """A face not yet a person: never talked to, named or seen across sessions; it expires."""
+    frames: int = 0
+    """Frames they were seen in as a candidate."""
 
     def mentions(self, query: str) -> bool:
         """Whether ``query`` is in their name, company, role or facts (case-insensitive)."""

@@ -26,6 +26,15 @@ LINEAGE_CAP = 100_000
 FULL_RELOAD = "*"
 """The change that means "reload every person" (a forgotten person's id is written down nowhere)."""
 PROFILE_FIELDS = ("name", "company", "role")
+# ARGV: person key, name, company. Sets them only where empty; 0 if they had a name already.
+INTRODUCE = """
+if redis.call('EXISTS', ARGV[1]) == 0 or redis.call('HGET', ARGV[1], 'name') ~= '' then return 0 end
+redis.call('HSET', ARGV[1], 'name', ARGV[2])
+if ARGV[3] ~= '' and (redis.call('HGET', ARGV[1], 'company') or '') == '' then
+  redis.call('HSET', ARGV[1], 'company', ARGV[3])
+end
+return 1
+"""
 # ARGV: person key, faces key, changes stream, its cap, person id, thumb, [view id, embedding]
 ADD_VIEW = """
 if redis.call('EXISTS', ARGV[1]) == 0 then return 0 end
@@ -65,11 +74,41 @@ class PersonRepository:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._add_view = client.register_script(ADD_VIEW)
+        self._introduce = client.register_script(INTRODUCE)
 
     # -- persons ---------------------------------------------------------------------------
 
     def person_ids(self) -> list[str]:
+        """Everyone memory matches faces against: persons and candidates."""
         return sorted(text(p) for p in self.redis.smembers(MemoryKeys.PERSONS))
+
+    def candidate_ids(self) -> list[str]:
+        """Faces that are not persons yet, soonest to expire first."""
+        return [text(p) for p in self.redis.zrange(MemoryKeys.CANDIDATES, 0, -1)]
+
+    def expired_candidates(self, now: float) -> list[str]:
+        return [text(p) for p in self.redis.zrangebyscore(MemoryKeys.CANDIDATES, "-inf", now)]
+
+    def promote(self, pid: str) -> None:
+        """A candidate becomes a person (talked to, named, or seen across sessions)."""
+        with self.redis.pipeline() as pipe:
+            pipe.zrem(MemoryKeys.CANDIDATES, pid)
+            pipe.hdel(MemoryKeys.person(pid), "candidate")
+            pipe.execute()
+
+    def is_known(self, pid: str) -> bool:
+        """Whether the wearer knows them: named, or talked to before."""
+        name, encounters = self.redis.hmget(MemoryKeys.person(pid), "name", "encounters")
+        return bool(name) or int(encounters or 0) > 0
+
+    def note_session(self, pid: str, session: str) -> tuple[int, int]:
+        """A candidate seen in ``session``: returns the sessions and frames they were seen in."""
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(MemoryKeys.sessions_of(pid), session)
+            pipe.scard(MemoryKeys.sessions_of(pid))
+            pipe.hincrby(MemoryKeys.person(pid), "frames", 1)
+            _, sessions, frames = pipe.execute()
+        return int(sessions), int(frames)
 
     def get(self, pid: str) -> Person:
         """A person with their facts and encounter ids; ``KeyError`` if there is no such person."""
@@ -92,11 +131,14 @@ class PersonRepository:
     def exists(self, pid: str) -> bool:
         return bool(self.redis.exists(MemoryKeys.person(pid)))
 
-    def create(self, vector: np.ndarray, thumb: bytes, t: float, pid: str | None = None) -> str:
-        """A new person with one view; returns their id."""
-        pid = pid or new_person_id()
+    def create(self, vector: np.ndarray, thumb: bytes, t: float, candidate_until: float | None = None) -> str:
+        """A new person with one view, a candidate until ``candidate_until`` when given; returns their id."""
+        pid = new_person_id()
         with self.redis.pipeline() as pipe:
             self._new_person(pipe, pid, t, thumb)
+            if candidate_until is not None:
+                pipe.hset(MemoryKeys.person(pid), "candidate", 1)
+                pipe.zadd(MemoryKeys.CANDIDATES, {pid: candidate_until})
             pipe.hset(MemoryKeys.faces(pid), view_id(t), embedding_to_bytes(vector))
             self._mark_changed(pipe, pid)
             pipe.execute()
@@ -115,8 +157,17 @@ class PersonRepository:
         return self.redis.lock(MemoryKeys.NEW_PERSON_LOCK, timeout=10, blocking_timeout=10)
 
     def rename(self, pid: str, name: str) -> None:
+        """Name them (a named candidate becomes a person)."""
         self.get(pid)  # KeyError if unknown
         self.redis.hset(MemoryKeys.person(pid), "name", name.strip())
+        self.promote(pid)
+
+    def introduce(self, pid: str, name: str, company: str | None) -> bool:
+        """What they said of themselves, for a person with no name yet; False if they have one."""
+        if not self._introduce(args=[MemoryKeys.person(pid), name, company or ""]):
+            return False
+        self.promote(pid)
+        return True
 
     # -- views -----------------------------------------------------------------------------
 
@@ -202,20 +253,6 @@ class PersonRepository:
         """The face ids memory gave this person (the newest ``LINEAGE_CAP``)."""
         return {text(f) for f in self.redis.zrange(MemoryKeys.lineage(pid), 0, -1)}
 
-    # -- cards -----------------------------------------------------------------------------------
-
-    def card_due(self, pid: str, face_id: str, cooldown_s: float) -> bool:
-        """At most one card per person per cooldown; a redelivered face keeps its card."""
-        key = MemoryKeys.recall_cooldown(pid)
-        ttl = max(int(cooldown_s), 1)
-        return (
-            bool(self.redis.set(key, face_id, nx=True, ex=ttl)) or text(self.redis.get(key) or b"") == face_id
-        )
-
-    def news(self, pid: str) -> None:
-        """Something new was recorded about ``pid``: the next sighting gets a card."""
-        self.redis.delete(MemoryKeys.recall_cooldown(pid))
-
     # -- encounters --------------------------------------------------------------------------------
 
     def encounter(self, eid: str) -> Encounter | None:
@@ -256,6 +293,8 @@ class PersonRepository:
         with self.redis.pipeline() as pipe:
             pipe.hset(MemoryKeys.person(pid), mapping=updates)
             pipe.hincrby(MemoryKeys.person(pid), "encounters", 1)
+            pipe.hdel(MemoryKeys.person(pid), "candidate")  # talked to: a person now
+            pipe.zrem(MemoryKeys.CANDIDATES, pid)
             for fact in facts:
                 pipe.hsetnx(MemoryKeys.facts(pid), f"{fact.kind}:{fact.text.lower()}", fact.model_dump_json())
             pipe.zadd(MemoryKeys.encounters(pid), {eid: encounter.t_end})
@@ -297,6 +336,8 @@ class PersonRepository:
             }
             pipe.hset(MemoryKeys.person(keep), mapping=updates)
             pipe.zunionstore(MemoryKeys.lineage(keep), [MemoryKeys.lineage(keep), MemoryKeys.lineage(drop)])
+            pipe.hdel(MemoryKeys.person(keep), "candidate")  # the wearer said who they are
+            pipe.zrem(MemoryKeys.CANDIDATES, keep)
             self._delete_person(pipe, drop)
             self._mark_changed(pipe, keep)
             self._mark_changed(pipe, drop)
@@ -340,6 +381,7 @@ class PersonRepository:
     def _delete_person(pipe: redis.client.Pipeline, pid: str) -> None:
         pipe.delete(
             MemoryKeys.person(pid), MemoryKeys.faces(pid), MemoryKeys.facts(pid),
-            MemoryKeys.encounters(pid), MemoryKeys.recall_cooldown(pid), MemoryKeys.lineage(pid),
+            MemoryKeys.encounters(pid), MemoryKeys.lineage(pid), MemoryKeys.sessions_of(pid),
         )  # fmt: skip
         pipe.srem(MemoryKeys.PERSONS, pid)
+        pipe.zrem(MemoryKeys.CANDIDATES, pid)

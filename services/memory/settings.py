@@ -21,8 +21,23 @@ class MatchSettings(SettingsGroup):
     """A matched face joins the person's views when no view scores above this (a new look)."""
     max_views: int = Field(12, ge=1)
     """Views kept per person; the oldest goes when a new one comes."""
-    recall_cooldown_s: float = Field(60.0, ge=0)
-    """At most one recall card per person in this time."""
+
+
+class ViewSettings(SettingsGroup):
+    """Who is in view, which card the overlay shows, and the strangers around the wearer."""
+
+    view_s: float = Field(6.0, gt=0)
+    """A person not seen for this long has left the view: their card goes (the page hides it), and
+    comes back at once when they return. While they stay, their card is renewed every half of it."""
+    known_bonus: float = Field(2.0, ge=1)
+    """A person the wearer knows weighs this much more than a stranger when ranking who they talk to."""
+    candidate_ttl_s: float = Field(7 * 86400.0, gt=0)
+    """A face that never became a person (not talked to, not named, not seen across sessions) is a
+    candidate; it and every trace of it are removed after this long."""
+    promote_sessions: int = Field(2, ge=2)
+    """A candidate seen in this many sessions (and ``promote_frames`` frames) becomes a person."""
+    promote_frames: int = Field(6, ge=1)
+    """Frames a candidate must be seen in, over those sessions, to become a person."""
 
 
 class EncounterSettings(SettingsGroup):
@@ -59,6 +74,8 @@ class MemorySettings(ServiceSettings):
     """The wearer's own name, so that their self-introduction is not taken for the other person's."""
     match: MatchSettings = MatchSettings()
     """Face matching (``CONVO_MATCH__THRESHOLD=0.5``)."""
+    view: ViewSettings = ViewSettings()
+    """Cards and candidates (``CONVO_VIEW__VIEW_S=6``)."""
     encounter: EncounterSettings = EncounterSettings()
     """Conversation assembly (``CONVO_ENCOUNTER__GAP_S=20``)."""
     extract: ExtractSettings = ExtractSettings()

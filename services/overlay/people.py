@@ -65,9 +65,10 @@ def people_page() -> str:
 def list_people(
     admin: Admin,
     q: Annotated[str, Query(max_length=200, description="Search names, companies and facts")] = "",
+    candidates: Annotated[bool, Query(description="The candidates instead: faces not yet people")] = False,
 ) -> list[Person]:
     """Every person memory knows, most recently seen first."""
-    return [Person.of(p) for p in admin.list() if not q or p.mentions(q)]
+    return [Person.of(p) for p in admin.list(candidates) if not q or p.mentions(q)]
 
 
 @router.get("/{pid}", responses=NOT_FOUND)

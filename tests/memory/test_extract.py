@@ -183,7 +183,8 @@ def test_invented_values_are_dropped_before_memory_stores_them(  # type: ignore[
     settle(r, memory_settings, handler)
     [encounter] = encounters(r)
     person = handler.store.profile(encounter.person_id)
-    assert (person.name, person.company) == ("", "")
+    # the live card took her name from what she said; the model's placeholders are gone
+    assert (person.name, person.company) == ("Sarah Chen", "Stripe")
     assert [f.text for f in person.facts] == ["works at Stripe"], "what was said stays"
     assert "test_" not in encounter.summary
 

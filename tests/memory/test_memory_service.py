@@ -65,8 +65,9 @@ def test_meeting_then_recall_on_the_next_sighting(
     for face in faces_of(face_pack, photo("astronaut"), "day1", "day1-f1", now - 19):
         r.xadd("faces", face.to_fields())
     run(r, memory_settings, handler)
-    [(_, card)] = r.xrange("recalls")
-    assert RecallMessage.from_fields(card).name == "Unknown person"
+    first, introduced = (RecallMessage.from_fields(f) for _, f in r.xrange("recalls"))
+    assert first.name == "Unknown person"
+    assert (introduced.name, introduced.note) == ("Sarah Chen", "introduced just now")
     time.sleep(1.1)  # quiet for longer than the gap
     run(r, memory_settings, handler)  # the tick closes the quiet conversation
     [(_, fields)] = r.xrange("encounters")

@@ -181,3 +181,21 @@ def test_the_people_page_asks_for_the_token_when_it_is_wrong(overlay: Overlay, p
     page.fill("#token", overlay.token)
     page.click("#save")
     page.wait_for_selector("#app:not([hidden])")
+
+
+def test_the_card_names_who_else_is_in_view_and_leaves_with_its_person(
+    r: redis.Redis, overlay: Overlay, page: Page
+) -> None:
+    page.goto(f"{overlay.url}/")
+    page.wait_for_selector("#status.live")
+    publish(r, recall(1, others=["Tom Berg"], strangers=14, stay_s=1.5, note="introduced just now"))
+    page.wait_for_selector("#card.shown", timeout=10_000)
+    assert page.text_content("#crowd") == "also here: Tom Berg · and 14 people you don't know"
+    assert page.text_content("#note") == "introduced just now"
+    box = page.locator("#card").bounding_box()
+    assert box is not None and box["height"] > 50
+    page.wait_for_selector("#card.shown", state="hidden", timeout=5_000)  # not seen for stay_s: it goes
+    assert page.locator("#idle").is_visible()
+    publish(r, recall(2, strangers=1))  # back in view: the card comes back at once
+    page.wait_for_selector("#card.shown", timeout=10_000)
+    assert page.text_content("#crowd") == "and 1 person you don't know"
