@@ -209,6 +209,46 @@ def gc(
     console.print(f"removed {sum(t.removed for t in trimmed)} entries")
 
 
+@app.command("eval")
+def eval_(
+    scenes: Annotated[Path, typer.Argument(help="A folder of scene YAML files (see tests/scenes/).")],
+    realtime: Annotated[
+        bool, typer.Option(help="Replay at real-time speed: also measures time to card.")
+    ] = False,
+) -> None:
+    """The identity scorecard: replay scenes through the real stages on a private Redis and score them."""
+    from services.evaluation import evaluate
+
+    card = evaluate(scenes, realtime)
+    table = Table(title=f"scenes in {scenes}")
+    for col in (
+        "scene",
+        "identity",
+        "attribution",
+        "name",
+        "company",
+        "facts",
+        "WER",
+        "persons added",
+        "notes",
+    ):
+        table.add_column(col, overflow="fold")
+    for x in card.scores:
+        cells = [
+            x.scene, _fmt(x.identity), _fmt(x.attribution), f"{x.names[0]}/{x.names[1]}",
+            f"{x.companies[0]}/{x.companies[1]}", f"{x.facts[0]}/{x.facts[1]}",
+            _fmt(x.words[0] / x.words[1] if x.words[1] else None),
+            "" if x.persons_added is None else str(x.persons_added), "; ".join(x.notes),
+        ]  # fmt: skip
+        table.add_row(*cells)
+    console.print(table)
+    console.print(" ".join(f"{k}={v:.3g}" for k, v in card.figures().items()))
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 @app.command("env-example")
 def env_example() -> None:
     """Print every setting with its default (the content of .env.example)."""

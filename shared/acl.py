@@ -82,7 +82,10 @@ GRANTS = (
         # backpressure reads the face group's lag; retention trims what every group has acked
         follows=(AudioSegmentMessage, FrameMessage), commands=PRODUCER,
     ),
-    Grant("transcriber", consumes=(AudioSegmentMessage,), produces=(TranscriptMessage,)),
+    Grant(
+        "transcriber", consumes=(AudioSegmentMessage,), produces=(TranscriptMessage,),
+        read_keys=(MemoryKeys.context("*"),),  # hotwords: the names of the people in view
+    ),
     Grant("face", consumes=(FrameMessage,), produces=(FaceMessage,)),
     Grant(
         "memory", consumes=(TranscriptMessage, FaceMessage), produces=(RecallMessage, EncounterMessage),

@@ -155,6 +155,17 @@ class MemoryKeys:
         return f"{KEY_PREFIX}:session:{session}:card"
 
     @staticmethod
+    def context(session: str) -> str:
+        """STRING, a JSON list: words the session's speech is likely to hold now (the names, companies
+        and topics of the people in view), which the transcriber gives Whisper as hotwords."""
+        return f"{KEY_PREFIX}:session:{session}:context"
+
+    @staticmethod
+    def heard(session: str) -> str:
+        """LIST of the session's last lines (JSON t, text), for the names said in them."""
+        return f"{KEY_PREFIX}:session:{session}:heard"
+
+    @staticmethod
     def frame_faces(frame_id: str) -> str:
         """SET of the frame's face ids memory has handled, to decide its card once all are in."""
         return f"{KEY_PREFIX}:frame:{frame_id}:faces"

@@ -1,7 +1,6 @@
 """Faces and transcripts in; recall cards and finished conversations out."""
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from services.memory.grounding import grounded
 from services.memory.person_store import PersonStore
 from services.memory.recall import encounter_summary
 from services.memory.settings import MemorySettings
-from services.memory.view import Views, evidence, pick, rank, subject
+from services.memory.view import Sighting, Views, evidence, named, pick, rank, subject
 from shared.schemas import (
     BadMessageError,
     EncounterMessage,
@@ -99,7 +98,7 @@ class MemoryHandler:
         weight = evidence(msg.bbox, msg.width, msg.height, msg.det_score)
         self.conversations.seen(msg.session, pid, weight * (view.known_bonus if known else 1.0), msg.t)
         self.views.see(msg.session, pid, msg.t, weight, known, view.view_s, score)
-        if self.store.profile(pid).candidate:
+        if msg.faces_in_frame <= view.promote_max_faces and self.store.profile(pid).candidate:
             sessions, frames = self.store.repo.note_session(pid, msg.session)
             if sessions >= view.promote_sessions and frames >= view.promote_frames:
                 self.store.repo.promote(pid)
@@ -110,7 +109,9 @@ class MemoryHandler:
         the same one back in view, a renewal while they stay, or ``note``."""
         view = self.settings.view
         ranked = rank(self.views.view(session), t, view.view_s, view.known_bonus)
-        top = subject(ranked, view.known_bonus)
+        lines = self.views.heard_since(session, t - view.view_s)
+        said = {s.pid for s in ranked if s.known and named(self.store.profile(s.pid).name, lines)}
+        top = subject(ranked, view.known_bonus, said, view.named_bonus)
         shown = self.views.shown(session)
         if top is None or (shown is not None and t < shown.t):
             return []  # nobody in view, or an older frame than the card's
@@ -118,6 +119,7 @@ class MemoryHandler:
             return []
         person = self.store.profile(top.pid)
         card = self.store.recall(top.pid, now=t, person=person)
+        self._context(session, ranked)
         others = [self.store.profile(s.pid).name for s in ranked if s.known and s.pid != top.pid]
         strangers = sum(1 for s in ranked if not s.known and s.pid != top.pid)
         self.views.show(session, top.pid, t, 10 * view.view_s)
@@ -129,6 +131,16 @@ class MemoryHandler:
                 **card.model_dump(),
             )
         ]  # fmt: skip
+
+    def _context(self, session: str, ranked: list[Sighting]) -> None:
+        """Tell the transcriber whom the speech is likely about: the known people in view."""
+        words: list[str] = []
+        for s in ranked:
+            if s.known:
+                p = self.store.profile(s.pid)
+                last = self.store.repo.last_encounter(s.pid)
+                words += [*p.name.split(), p.company, *(last.topics[:2] if last else [])]
+        self.views.set_context(session, [w for w in words if w], 10 * self.settings.view.view_s)
 
     # -- transcripts and conversations ---------------------------------------------------
 
@@ -144,21 +156,20 @@ class MemoryHandler:
         """Names heard are evidence. A known person in view who is named aloud is the one talked to;
         a self-introduction names the interlocutor at once, on the live card."""
         view = self.settings.view
+        self.views.heard(msg.session, msg.t_end, msg.text)
         ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
         if not ranked:
             return []  # a name said with nobody in view makes no card
-        for s in ranked:
-            name = self.store.profile(s.pid).name if s.known else ""
-            if name and re.search(rf"\b{re.escape(name.split()[0])}\b", msg.text, re.I):
-                weight = max(r.evidence for r in ranked)
-                self.views.see(msg.session, s.pid, msg.t_end, weight, True, view.view_s)
-                return self._card(msg.session, msg.t_end, msg.segment_id)
+        shown = self.views.shown(msg.session)
+        now = max(msg.t_end, shown.t if shown else msg.t_end)  # frames may be ahead of the speech
+        if any(s.known and named(self.store.profile(s.pid).name, [msg.text]) for s in ranked):
+            return self._card(msg.session, now, msg.segment_id)
         intro = grounded(RulesExtractor().extract(msg.text, self.store.wearer), msg.text)
         if not intro.name or not self.store.repo.introduce(ranked[0].pid, intro.name, intro.company):
             return []
-        self.views.see(msg.session, ranked[0].pid, msg.t_end, 0.0, True, view.view_s)
+        self.views.see(msg.session, ranked[0].pid, now, 0.0, True, view.view_s)
         log.info("person=%s outcome=introduced segment=%s", ranked[0].pid, msg.segment_id)
-        return self._card(msg.session, msg.t_end, msg.segment_id, note="introduced just now")
+        return self._card(msg.session, now, msg.segment_id, note="introduced just now")
 
     def tick(self) -> list[EncounterMessage]:
         """End the conversations that are over, and write every ended one.
@@ -262,6 +273,11 @@ class MemoryHandler:
             log.info("encounter=%s session=%s closed without a record: %s", c.id, c.session, outcome)
             self.conversations.discard(c.id)
             return []
+        texts = [s["text"] for s in c.segments]
+        bonus = self.settings.view.named_bonus
+        people = {
+            p: w * (bonus if named(self.store.profile(p).name, texts) else 1.0) for p, w in people.items()
+        }
         pid = pick(people, {p for p in people if self.store.repo.is_known(p)})
         assert pid is not None
         transcript = " ".join(s["text"] for s in c.segments)

@@ -31,6 +31,9 @@ class ViewSettings(SettingsGroup):
     comes back at once when they return. While they stay, their card is renewed every half of it."""
     known_bonus: float = Field(2.0, ge=1)
     """A person the wearer knows weighs this much more than a stranger when ranking who they talk to."""
+    named_bonus: float = Field(3.0, ge=1)
+    """A known person whose name was said in the last ``view_s`` (or in the conversation) weighs this
+    much more: "Ana, good to see you" settles who the wearer is talking to."""
     candidate_ttl_s: float = Field(7 * 86400.0, gt=0)
     """A face that never became a person (not talked to, not named, not seen across sessions) is a
     candidate; it and every trace of it are removed after this long."""
@@ -38,6 +41,9 @@ class ViewSettings(SettingsGroup):
     """A candidate seen in this many sessions (and ``promote_frames`` frames) becomes a person."""
     promote_frames: int = Field(6, ge=1)
     """Frames a candidate must be seen in, over those sessions, to become a person."""
+    promote_max_faces: int = Field(3, ge=1)
+    """Only frames with at most this many faces count toward that: someone seen again and again in a
+    small group is an acquaintance; a face in the same crowd twice (a team, an audience) is not."""
 
 
 class EncounterSettings(SettingsGroup):

@@ -11,6 +11,8 @@ The conversation goes to the same choice, over the whole conversation's evidence
 
 import json
 import math
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import redis
@@ -102,9 +104,20 @@ def pick(weights: dict[str, float], known: set[str]) -> str | None:
     return order[0] if weights[order[0]] >= DOMINANCE * weights[best_known] else best_known
 
 
-def subject(ranked: list[Sighting], known_bonus: float) -> Sighting | None:
-    """Whose card shows (see :func:`pick`)."""
-    weights = {s.pid: s.evidence * (known_bonus if s.known else 1.0) for s in ranked}
+def named(name: str, texts: list[str]) -> bool:
+    """Whether a person called ``name`` was named (by their first name) in any of ``texts``."""
+    first = name.split()[0] if name.strip() else ""
+    return bool(first) and any(re.search(rf"\b{re.escape(first)}\b", t, re.I) for t in texts)
+
+
+def subject(
+    ranked: list[Sighting], known_bonus: float, said: Collection[str] = (), named_bonus: float = 1.0
+) -> Sighting | None:
+    """Whose card shows (see :func:`pick`); ``said``: the persons named aloud just now."""
+    weights = {
+        s.pid: s.evidence * (known_bonus if s.known else 1.0) * (named_bonus if s.pid in said else 1.0)
+        for s in ranked
+    }
     chosen = pick(weights, {s.pid for s in ranked if s.known})
     return next((s for s in ranked if s.pid == chosen), None)
 
@@ -142,6 +155,23 @@ class Views:
         self.redis.hset(MemoryKeys.card(session), mapping={"pid": pid, "t": repr(t)})
         self.redis.expire(MemoryKeys.card(session), int(ttl_s) + 1)
 
+    def set_context(self, session: str, words: list[str], ttl_s: float) -> None:
+        """What the session's speech is likely to hold now, for the transcriber."""
+        self.redis.set(MemoryKeys.context(session), json.dumps(words[:50]), ex=max(int(ttl_s), 1))
+
+    def heard(self, session: str, t: float, words: str) -> None:
+        """Keep what was just said in the session (the last few lines), for the names in it."""
+        key = MemoryKeys.heard(session)
+        with self.redis.pipeline() as pipe:
+            pipe.lpush(key, json.dumps({"t": t, "text": words}))
+            pipe.ltrim(key, 0, 19)
+            pipe.expire(key, 3600)
+            pipe.execute()
+
+    def heard_since(self, session: str, t: float) -> list[str]:
+        lines = (json.loads(x) for x in self.redis.lrange(MemoryKeys.heard(session), 0, -1))
+        return [line["text"] for line in lines if line["t"] >= t]
+
     def frame_done(self, frame_id: str, face_id: str, faces_in_frame: int) -> bool:
         """Note a face of the frame as handled; True once all of them are (or the count is unknown)."""
         if faces_in_frame <= 1:
@@ -158,6 +188,6 @@ class Views:
         """Remove a person from every session's view, and the card that shows them."""
         for key in self.redis.scan_iter(MemoryKeys.view("*")):
             self.redis.hdel(key, pid)
-        for key in self.redis.scan_iter(MemoryKeys.card("*")):
+        for key in self.redis.scan_iter(MemoryKeys.card("*")):  # what was heard holds no person id
             if self.redis.hget(key, "pid") == pid.encode():
                 self.redis.delete(key)

@@ -3,6 +3,7 @@
 import logging
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from prometheus_client import Counter
@@ -47,13 +48,30 @@ def dbfs(audio: np.ndarray) -> float:
     return 20 * np.log10(max(rms, 1e-10))
 
 
+class Context(Protocol):
+    """Words a session's speech is likely to hold now (the names of the people in view)."""
+
+    def words(self, session: str) -> list[str]: ...
+
+
 class TranscriberHandler(BatchedHandler):
     """Transcribes segments; waiting segments go through one batched call on a GPU."""
 
-    def __init__(self, settings: WhisperSettings, model: WhisperSpeechModel | None = None) -> None:
+    def __init__(
+        self,
+        settings: WhisperSettings,
+        model: WhisperSpeechModel | None = None,
+        context: Context | None = None,
+    ) -> None:
         self.settings = settings
         self.model = model or WhisperSpeechModel(settings)
+        self.context = context
         self.dropped: dict[str, int] = {}
+
+    def hotwords(self, session: str) -> str | None:
+        """The wearer's vocabulary and the session's context, as one hotwords string for Whisper."""
+        found = [*(self.context.words(session) if self.context else []), *self.settings.vocabulary]
+        return " ".join(dict.fromkeys(w for w in found if w)) or None
 
     def load(self) -> "TranscriberHandler":
         self.model.load()
@@ -68,7 +86,8 @@ class TranscriberHandler(BatchedHandler):
                 results.append([])
             except BadMessageError as exc:
                 results.append(exc)
-        texts = self.model.predict_batch([audio for _, _, audio in good])
+        hotwords = [self.hotwords(msg.session) for _, msg, _ in good]
+        texts = self.model.predict_batch([audio for _, _, audio in good], hotwords)
         for (i, msg, audio), text in zip(good, texts, strict=True):
             results[i] = self._publishable(msg, audio, text)
         return results

@@ -84,15 +84,15 @@ class WhisperSpeechModel:
     def use_batched(self) -> bool:
         return self.settings.batched if self.settings.batched is not None else self.device == "cuda"
 
-    def predict(self, audio: np.ndarray) -> Transcription:
-        """Transcribe one float32 16 kHz mono segment."""
+    def predict(self, audio: np.ndarray, hotwords: str | None = None) -> Transcription:
+        """Transcribe one float32 16 kHz mono segment; ``hotwords``: words it is likely to hold."""
         self.load()
-        return self._predict(audio)
+        return self._predict(audio, hotwords)
 
-    def _predict(self, audio: np.ndarray) -> Transcription:
+    def _predict(self, audio: np.ndarray, hotwords: str | None = None) -> Transcription:
         segments, info = self.model.transcribe(  # type: ignore[attr-defined]
             audio, beam_size=self.settings.beam_size, language=self.settings.language,
-            condition_on_previous_text=False, vad_filter=False,
+            condition_on_previous_text=False, vad_filter=False, hotwords=hotwords or None,
         )  # fmt: skip
         parts = list(segments)  # the generator does the decoding: materialise it here, in the worker
         return Transcription(
@@ -101,11 +101,15 @@ class WhisperSpeechModel:
             confidence=confidence([p.avg_logprob for p in parts]),
         )
 
-    def predict_batch(self, audios: list[np.ndarray]) -> list[Transcription]:
-        """Several segments in one batched decoder call, each segment its own clip."""
+    def predict_batch(
+        self, audios: list[np.ndarray], hotwords: list[str | None] | None = None
+    ) -> list[Transcription]:
+        """Several segments in one batched decoder call, each segment its own clip. Segments with
+        hotwords of their own are decoded one by one, since a batched call shares one prompt."""
         self.load()
-        if not self.use_batched or len(audios) < 2:
-            return [self._predict(a) for a in audios]
+        hotwords = hotwords or [None] * len(audios)
+        if any(hotwords) or not self.use_batched or len(audios) < 2:
+            return [self._predict(a, h) for a, h in zip(audios, hotwords, strict=True)]
         rate = self.settings.sample_rate
         clips, offset = [], 0
         for audio in audios:

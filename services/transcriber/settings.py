@@ -38,6 +38,9 @@ class WhisperSettings(SettingsGroup):
     """Longer segments are refused (Whisper's window is 30 s; capture cuts at its own max)."""
     silence_dbfs: float = -45.0
     """Segments quieter than this RMS level count as low-energy for the hallucination rule."""
+    vocabulary: list[str] = Field(default_factory=list)
+    """The wearer's own words Whisper should expect (names, companies, jargon), given to it as
+    hotwords with the names of the people in view (``CONVO_WHISPER__VOCABULARY='["Figma"]'``)."""
     hallucinations: list[str] = DEFAULT_HALLUCINATIONS
     """Texts dropped when the segment is low-energy, compared lower-cased and without punctuation."""
 

@@ -1,0 +1,37 @@
+"""The identity scorecard on the public scenes (tests/scenes/), replayed at real-time speed.
+
+Each scene goes through capture replay, the transcriber (tiny.en), the face stage (buffalo_s)
+and memory, on a private redis-server; see services/evaluation.py. Real-time replay makes the
+time from a face's first frame to its card meaningful. Nothing else should run meanwhile.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import report
+from services.evaluation import evaluate
+
+SCENES = Path(__file__).resolve().parents[1] / "tests" / "scenes"
+
+
+def main() -> None:
+    logging.disable(logging.WARNING)
+    card = evaluate(SCENES, realtime=True)
+    for score in card.scores:
+        print(
+            f"{score.scene}: identity {score.identity} attribution {score.attribution}"
+            f" persons added {score.persons_added} {'; '.join(score.notes)}"
+        )
+    f = card.figures()
+    report(
+        "eval", identity_accuracy=f["identity_accuracy"], attribution_accuracy=f["attribution_accuracy"],
+        name_recall=f["name_recall"], company_recall=f["company_recall"], wer=f["wer"],
+        crowd_persons_added=f["crowd_persons_added"], p95_s_to_card=f["p95_s_to_card"],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

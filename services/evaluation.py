@@ -1,0 +1,376 @@
+"""``convo eval SCENES_DIR``: the identity scorecard, on scenes replayed through the real stages.
+
+A scene is a YAML file (the format is in docs/ARCHITECTURE.md, "Evaluation scenes"): lines
+spoken (an espeak-ng voice and text, or a WAV with its reference text), frames (packaged
+photos, a person cut out of a group photo, side by side, mirrored) and what should come
+out. Scenes play in file-name order, each a capture session replayed through capture, the
+transcriber, the face stage and memory (their real handlers and the shared loop) on a
+private redis-server, so the wearer's own memory is never touched. Later scenes refer to
+earlier people by label.
+"""
+
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import redis
+import yaml
+from pydantic import BaseModel, Field
+
+from services.capture.demo import RATE, speak
+from services.capture.model import SileroVadModel
+from services.capture.runner import CaptureRunner
+from services.capture.settings import CaptureSettings
+from services.face.handler import FaceHandler
+from services.face.model import FaceDetectorModel, FacePackModel, packaged_model_dir
+from services.face.settings import FaceModelSettings
+from services.memory.grounding import said, words
+from services.memory.handler import MemoryHandler
+from services.memory.settings import EncounterSettings, MemorySettings
+from services.transcriber.context import SessionContext
+from services.transcriber.handler import TranscriberHandler
+from services.transcriber.model import WhisperSpeechModel
+from services.transcriber.settings import WhisperSettings
+from shared.consumer import Consumer
+from shared.images import encode_jpeg
+from shared.publisher import Publisher
+from shared.redis_server import RedisServer
+from shared.schemas import (
+    AudioSegmentMessage,
+    EncounterMessage,
+    FaceMessage,
+    FrameMessage,
+    RecallMessage,
+    TranscriptMessage,
+)
+from shared.settings import ConsumerSettings, ServiceSettings
+
+WEARER = "Alex"
+"""The wearer's name in the scenes."""
+GAP_S = 3.0
+"""The pause that ends a scene's conversation (scenes are seconds long, not hours)."""
+
+
+class Line(BaseModel):
+    text: str
+    voice: str = "en-us"
+    wav: str | None = None
+    """A recording instead of espeak; ``text`` is then its reference transcript."""
+    wearer: bool = False
+
+
+class Shot(BaseModel):
+    image: str | list[str]
+    """A packaged photo (astronaut, t1, players, gdp) or a path; several are put side by side."""
+    face: int | None = None
+    """Cut out this face of the photo (0 is the leftmost), enlarged: another photo of that person."""
+    flip: bool = False
+
+
+class Expect(BaseModel):
+    person: str | None = None
+    """Label of who the conversation is with (the same label in later scenes is the same person)."""
+    card: str | None = None
+    """Label of the person whose card should be on screen while in view."""
+    not_card: list[str] = []
+    """Labels whose card must not show."""
+    name: str | None = None
+    company: str | None = None
+    facts: list[str] = []
+    crowd: bool = False
+    """A crowd scene: count the persons it adds (the goal is at most one)."""
+
+
+class Scene(BaseModel):
+    name: str = ""
+    lines: list[Line]
+    frames: list[Shot]
+    fps: float = Field(2.0, gt=0)
+    expect: Expect = Expect()
+
+
+@dataclass
+class Score:
+    """One scene's outcome."""
+
+    scene: str
+    identity: float | None = None
+    attribution: float | None = None
+    names: tuple[int, int, int] = (0, 0, 0)
+    """(expected and right, expected, stored) for names; the same for companies below."""
+    companies: tuple[int, int, int] = (0, 0, 0)
+    facts: tuple[int, int] = (0, 0)
+    words: tuple[int, int] = (0, 0)
+    """(word errors, reference words)."""
+    persons_added: int | None = None
+    s_to_card: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_scenes(folder: Path) -> list[Scene]:
+    scenes = []
+    for path in sorted(folder.glob("*.yaml")):
+        scene = Scene.model_validate(yaml.safe_load(path.read_text()))
+        scenes.append(scene.model_copy(update={"name": scene.name or path.stem}))
+    return scenes
+
+
+def image(name: str) -> np.ndarray:
+    """A packaged photo by name, or an image file."""
+    if name == "astronaut":
+        import skimage.data
+
+        return cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    if name == "t1":
+        import insightface
+
+        return cv2.imread(str(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"))
+    if name in ("players", "gdp"):
+        return cv2.imread(str(packaged_model_dir() / f"{name}.jpg"))  # type: ignore[operator]
+    loaded = cv2.imread(name)
+    if loaded is None:
+        raise ValueError(f"no such photo: {name}")
+    return loaded
+
+
+def render(shot: Shot, pack: FacePackModel) -> np.ndarray:
+    """The glasses' view of one shot."""
+    names = [shot.image] if isinstance(shot.image, str) else shot.image
+    parts = [image(n) for n in names]
+    height = max(p.shape[0] for p in parts)
+    picture = np.hstack([cv2.resize(p, None, fx=height / p.shape[0], fy=height / p.shape[0]) for p in parts])
+    if shot.face is not None:
+        boxes, _ = FaceDetectorModel(pack).predict(picture)
+        x1, y1, x2, y2 = sorted(boxes[:, :4].astype(int).tolist())[shot.face]
+        pad = (x2 - x1) // 2
+        crop = picture[max(y1 - pad, 0) : y2 + pad, max(x1 - pad, 0) : x2 + pad]
+        picture = cv2.resize(crop, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    return cv2.flip(picture, 1) if shot.flip else picture
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """Word-level edit distance and the reference's length."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1], len(ref)
+
+
+class Evaluation:
+    """Plays scenes through the stages and scores them."""
+
+    def __init__(
+        self, client: redis.Redis, settings: ServiceSettings, root: Path, realtime: bool, context: bool = True
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.root = root
+        self.realtime = realtime
+        self.pack = FacePackModel(FaceModelSettings(model_root=root / "insightface")).load()
+        self.faces = FaceHandler(self.pack.settings, self.pack)
+        self.whisper = TranscriberHandler(
+            WhisperSettings(),
+            WhisperSpeechModel(WhisperSettings()),
+            SessionContext(client) if context else None,
+        )
+        self.memory_settings = MemorySettings(
+            redis_url=settings.redis_url, consumer=settings.consumer, wearer_name=WEARER,
+            encounter=EncounterSettings(gap_s=GAP_S, tick_s=0.05),
+        )  # fmt: skip
+        self.memory = MemoryHandler(client, self.memory_settings)
+        self.vad = SileroVadModel()
+        self.labels: dict[str, str] = {}
+        self.clock = time.time() - 30 * 86400.0  # scenes happen days apart, starting a month ago
+
+    def write(self, scene: Scene, folder: Path) -> tuple[Path, float]:
+        """The scene as replay files; returns the WAV and the time of speech it holds."""
+        (folder / "frames").mkdir(parents=True, exist_ok=True)
+        pause = np.zeros(int(0.8 * RATE), np.float32)
+        parts = [pause]
+        for line in scene.lines:
+            parts += [self._audio(line), pause]
+        audio = np.concatenate(parts)
+        seconds = len(audio) / RATE
+        shots = [encode_jpeg(render(s, self.pack), quality=88) for s in scene.frames]
+        for i in range(int(seconds * scene.fps)):
+            (folder / "frames" / f"{i:04d}.jpg").write_bytes(
+                shots[i * len(shots) // int(seconds * scene.fps)]
+            )
+        with wave.open(str(folder / "audio.wav"), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(RATE)
+            out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+        return folder / "audio.wav", seconds
+
+    @staticmethod
+    def _audio(line: Line) -> np.ndarray:
+        if line.wav:
+            from faster_whisper import decode_audio
+
+            return decode_audio(line.wav, sampling_rate=RATE)
+        return speak(line.voice, line.text)
+
+    def play(self, scene: Scene, index: int) -> Score:
+        """Replay one scene through every stage and score what came out."""
+        wav, _ = self.write(scene, self.root / f"{index:02d}-{scene.name}")
+        before = {s: self.redis.xlen(s) for s in ("recalls", "encounters", "transcripts", "frames")}
+        persons = {p.id for p in self.memory.admin.list()}
+        capture = CaptureSettings(redis_url=self.settings.redis_url, session=f"eval-{index}-{scene.name}")
+        capture.frames = capture.frames.model_copy(update={"source": str(wav.parent / "frames")})
+        capture.audio = capture.audio.model_copy(update={"realtime": self.realtime})
+        runner = CaptureRunner(capture, Publisher(self.redis, capture, threading.Event()), self.vad)
+        runner.handler.start_clock(self.clock if not self.realtime else time.time())
+        self.clock += 3 * 86400.0
+        runner.replay(wav)
+        self._run_stages()
+        time.sleep(GAP_S + 0.2)  # the scene's conversation goes quiet
+        self._run_stages()
+        return self.score(scene, before, persons)
+
+    def _run_stages(self) -> None:
+        """Faces first, as in the running stack: a frame's card is out in a fraction of a second,
+        while a segment is transcribed only after its speech ends."""
+        s = self.settings
+        handlers = {FaceMessage: self.memory.on_face, TranscriptMessage: self.memory.on_transcript}
+        Consumer(self.redis, s, "face", {FrameMessage: self.faces}).run(burst=True)
+        Consumer(self.redis, self.memory_settings, "memory", handlers, ticker=self.memory).run(burst=True)
+        Consumer(self.redis, s, "transcriber", {AudioSegmentMessage: self.whisper}).run(burst=True)
+        Consumer(self.redis, self.memory_settings, "memory", handlers, ticker=self.memory).run(burst=True)
+
+    def _new(self, stream: str, since: int) -> list[dict[bytes, bytes]]:
+        return [f for _, f in self.redis.xrange(stream)][since:]
+
+    def score(self, scene: Scene, before: dict[str, int], persons: set[str]) -> Score:
+        out = Score(scene.name)
+        cards = [RecallMessage.from_fields(f) for f in self._new("recalls", before["recalls"])]
+        encounters = [EncounterMessage.from_fields(f) for f in self._new("encounters", before["encounters"])]
+        heard = " ".join(
+            TranscriptMessage.from_fields(f).text for f in self._new("transcripts", before["transcripts"])
+        )
+        out.words = word_errors(" ".join(line.text for line in scene.lines), heard)
+        expect = scene.expect
+        if expect.person is not None:
+            out.attribution = self._attribution(expect.person, encounters, out)
+        if expect.card is not None or expect.not_card:
+            out.identity = self._identity(expect, cards, out)
+        if expect.crowd:
+            out.persons_added = len({p.id for p in self.memory.admin.list()} - persons)
+        pid = self.labels.get(expect.person or "")
+        stored = self.memory.store.profile(pid) if pid and self.memory.store.repo.exists(pid) else None
+        out.names = self._value(expect.name, stored.name if stored else "")
+        out.companies = self._value(expect.company, stored.company if stored else "")
+        if stored and expect.name and not out.names[0]:
+            out.notes.append(f"name stored as {stored.name!r}")
+        if out.words[0]:
+            out.notes.append(f"heard {heard!r}")
+        facts = " ".join(f.text for f in stored.facts) if stored else ""
+        out.facts = (sum(said(f, words(facts), contiguous=False) for f in expect.facts), len(expect.facts))
+        frames = [FrameMessage.from_fields(f) for f in self._new("frames", before["frames"])]
+        right = [c for c in cards if self.labels.get(expect.card or "") == c.person_id]
+        if self.realtime and frames and right:
+            out.s_to_card = right[0].t - frames[0].t + self._card_delay(right[0])
+        return out
+
+    def _card_delay(self, card: RecallMessage) -> float:
+        """Seconds from the face's frame being taken to its card being written (entry id time)."""
+        for entry_id, fields in self.redis.xrange("recalls"):
+            if fields.get(b"recall_id") == card.recall_id.encode():
+                return int(entry_id.split(b"-")[0]) / 1000 - card.t
+        return 0.0
+
+    def _attribution(self, label: str, encounters: list[EncounterMessage], out: Score) -> float:
+        if not encounters:
+            out.notes.append("no encounter recorded")
+            return 0.0
+        pid = encounters[0].person_id
+        known = self.labels.get(label)
+        if known is None:  # a first meeting: a person nobody else is
+            right = pid not in self.labels.values()
+            self.labels[label] = pid
+        else:
+            right = pid == known
+        if not right:
+            out.notes.append(f"encounter went to {pid}, expected {label}")
+        return float(right)
+
+    def _identity(self, expect: Expect, cards: list[RecallMessage], out: Score) -> float:
+        wrong = [c for c in cards if c.person_id in {self.labels.get(n) for n in expect.not_card}]
+        if expect.card is None:
+            return 0.0 if wrong else 1.0
+        if not cards:
+            out.notes.append("no card shown")
+            return 0.0
+        pid = self.labels.get(expect.card) or cards[-1].person_id  # a first meeting: the card's person
+        self.labels.setdefault(expect.card, pid)
+        shown = [c.person_id == pid for c in cards]
+        if not all(shown):
+            out.notes.append(f"{shown.count(False)} of {len(cards)} cards showed someone else")
+        return sum(shown) / len(shown) * (0.0 if wrong else 1.0)
+
+    @staticmethod
+    def _value(expected: str | None, stored: str) -> tuple[int, int, int]:
+        right = bool(expected) and said(expected or "", words(stored)) and said(stored, words(expected or ""))
+        return int(right), int(bool(expected)), int(bool(stored))
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    scores: list[Score]
+
+    def figures(self) -> dict[str, float]:
+        def mean(values: list[float | None]) -> float:
+            present = [v for v in values if v is not None]
+            return sum(present) / len(present) if present else float("nan")
+
+        def ratio(a: int, b: int) -> float:
+            return a / b if b else float("nan")
+
+        s = self.scores
+        delays = sorted(x.s_to_card for x in s if x.s_to_card is not None)
+        return {
+            "identity_accuracy": mean([x.identity for x in s]),
+            "attribution_accuracy": mean([x.attribution for x in s]),
+            "name_recall": ratio(sum(x.names[0] for x in s), sum(x.names[1] for x in s)),
+            "name_precision": ratio(sum(x.names[0] for x in s), sum(x.names[2] for x in s if x.names[1])),
+            "company_recall": ratio(sum(x.companies[0] for x in s), sum(x.companies[1] for x in s)),
+            "fact_recall": ratio(sum(x.facts[0] for x in s), sum(x.facts[1] for x in s)),
+            "wer": ratio(sum(x.words[0] for x in s), sum(x.words[1] for x in s)),
+            "crowd_persons_added": max(
+                [x.persons_added for x in s if x.persons_added is not None], default=0
+            ),
+            "p50_s_to_card": float(np.percentile(delays, 50)) if delays else float("nan"),
+            "p95_s_to_card": float(np.percentile(delays, 95)) if delays else float("nan"),
+        }
+
+
+@contextmanager
+def private_stack() -> Iterator[tuple[redis.Redis, ServiceSettings, Path]]:
+    """A redis-server of its own in a temporary folder, with fast retry timings."""
+    with tempfile.TemporaryDirectory(prefix="convo-eval-") as tmp, RedisServer(Path(tmp) / "redis") as server:
+        settings = ServiceSettings(
+            redis_url=server.url,
+            consumer=ConsumerSettings(claim_idle_ms=300, claim_every_s=0.1, block_ms=100),
+        )
+        yield redis.Redis.from_url(server.url), settings, Path(tmp)
+
+
+def evaluate(folder: Path, realtime: bool = False, context: bool = True) -> Scorecard:
+    """Play every scene of ``folder`` in order on a private stack and score them; ``context``:
+    the transcriber gets the names of the people in view as hotwords (the stack's default)."""
+    scenes = load_scenes(folder)
+    if not scenes:
+        raise ValueError(f"no scenes (*.yaml) in {folder}")
+    with private_stack() as (client, settings, root):
+        run = Evaluation(client, settings, root, realtime, context)
+        return Scorecard([run.play(scene, i) for i, scene in enumerate(scenes)])
