@@ -221,17 +221,8 @@ def eval_(
 
     card = evaluate(scenes, realtime)
     table = Table(title=f"scenes in {scenes}")
-    for col in (
-        "scene",
-        "identity",
-        "attribution",
-        "name",
-        "company",
-        "facts",
-        "WER",
-        "persons added",
-        "notes",
-    ):
+    table.add_column("scene", no_wrap=True)
+    for col in ("identity", "attribution", "name", "company", "facts", "WER", "persons added", "notes"):
         table.add_column(col, overflow="fold")
     for x in card.scores:
         cells = [
@@ -242,7 +233,7 @@ def eval_(
         ]  # fmt: skip
         table.add_row(*cells)
     console.print(table)
-    console.print(" ".join(f"{k}={v:.3g}" for k, v in card.figures().items()))
+    print("eval " + " ".join(f"{k}={v:.3g}" for k, v in card.figures().items()))  # one line, for scripts
 
 
 def _fmt(value: float | None) -> str:
