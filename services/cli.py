@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.memory import cli as memory_cli
 from services.memory.cli import app as person_app
 from services.trainer import cli as trainer_cli
 from shared.acl import ADMIN
@@ -20,6 +21,7 @@ app = typer.Typer(help="Conversationalist: streams, dead letters and the local s
 dlq_app = typer.Typer(help="Dead letters: entries that could not be handled.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(person_app, name="person")
+app.command()(memory_cli.calibrate)
 for command in (trainer_cli.export, trainer_cli.train, trainer_cli.adapters):
     app.command()(command)
 console = Console()

@@ -97,6 +97,7 @@ class MemoryKeys:
     CLOSING = f"{KEY_PREFIX}:sessions:closing"  # SET of ended conversations not yet written to encounters
     CHANGES = f"{KEY_PREFIX}:persons:changes"  # STREAM: one entry per person whose views changed
     CANDIDATES = f"{KEY_PREFIX}:persons:candidates"  # ZSET: faces not yet persons, by when they expire
+    LABELS = f"{KEY_PREFIX}:persons:labels"  # HASH "a|b" -> JSON {same, score}: the wearer's answers
     NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
 
     @staticmethod

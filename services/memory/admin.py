@@ -11,6 +11,7 @@ from services.memory.conversations import Conversations
 from services.memory.person_store import PersonStore
 from services.memory.records import Person
 from services.memory.repository import text
+from services.memory.suggest import Review
 from services.memory.view import Views
 from services.trainer.dataset import Dataset
 from services.trainer.registry import AdapterRegistry
@@ -40,6 +41,7 @@ class PersonAdmin:
         self.redis = store.redis
         self.streams = streams
         self.dataset = dataset or DatasetSettings()
+        self.review = Review(self.repo, store.settings.threshold)
 
     def list(self, candidates: bool = False) -> list[Person]:
         """Every person (or, with ``candidates``, every candidate), most recently seen first."""
@@ -58,9 +60,15 @@ class PersonAdmin:
         """``drop`` was ``keep`` all along: move its views, facts and encounters over."""
         if keep == drop:
             raise ValueError("cannot merge a person into themselves")
+        self.review.label(keep, drop, same=True)
         self.repo.merge(keep, drop)
         Conversations(self.redis).repoint(drop, keep)
         self.repo.trim_views(keep, self.store.settings.max_views)
+
+    def different(self, a: str, b: str) -> None:
+        """The wearer says two persons are different people: a label, and no more suggestion."""
+        self.repo.get(a), self.repo.get(b)  # KeyError if either is unknown
+        self.review.label(a, b, same=False)
 
     def split(self, pid: str, view_id: str) -> str:
         """ "Not this person": move one view out of ``pid`` into a new person; returns the new id."""

@@ -91,3 +91,34 @@ def person_forget(
         typer.confirm(f"Forget {person_id} everywhere? This cannot be undone.", abort=True)
     for what, n in sorted(_admin().forget(person_id).items()):
         console.print(f"  {what}: {n}")
+
+
+@app.command("suggest")
+def person_suggest() -> None:
+    """Pairs that may be one person, most alike first: `convo person merge` or `convo person different`."""
+    admin = _admin()
+    table = Table(title="maybe the same person")
+    for col in ("a", "b", "likeness"):
+        table.add_column(col)
+    for pair in admin.review.suggestions():
+        a, b = admin.repo.get(pair.a), admin.repo.get(pair.b)
+        table.add_row(f"{a.name or '?'} ({a.id})", f"{b.name or '?'} ({b.id})", f"{pair.score:.2f}")
+    console.print(table)
+
+
+@app.command("different")
+def person_different(a: str, b: str) -> None:
+    """A and B are different people: remembered as a label, and no longer suggested."""
+    _admin().different(a, b)
+    console.print(f"{a} and {b} are different people")
+
+
+def calibrate() -> None:
+    """How the match threshold fares on your own answers (merges and "different"), and a better one."""
+    c = _admin().review.calibrate()
+    console.print(
+        f"{c.labels} answers ({c.same} same person, {c.different} different people).\n"
+        f"threshold {c.threshold:.2f}: {c.false_accepts} false accepts, {c.false_rejects} false rejects\n"
+        f"suggested {c.suggested:.2f}: {c.suggested_false_accepts} false accepts, "
+        f"{c.suggested_false_rejects} false rejects (set CONVO_MATCH__THRESHOLD; a false accept counts twice)"
+    )

@@ -1,6 +1,7 @@
 """Faces and transcripts in; recall cards and finished conversations out."""
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from shared.streams import Groups
 
 log = logging.getLogger(__name__)
 CAUGHT_UP_S = 5.0
+FUTURE_S = 600.0
+"""Clocks drift; an entry stamped further ahead than this is refused."""
 
 
 def split(segments: Sequence[dict[str, Any]], gap_s: float) -> list[list[dict[str, Any]]]:
@@ -69,11 +72,19 @@ class MemoryHandler:
         if not self.conversations.known_session(session):
             raise BadMessageError(f"unknown session {session!r}: no capture announced it")
 
+    @staticmethod
+    def _check_time(what: str, *times: float) -> None:
+        """A time from the future (or none at all) would hold a session's card and conversation."""
+        latest = time.time() + FUTURE_S
+        if not all(math.isfinite(t) and 0 < t <= latest for t in times):
+            raise BadMessageError(f"{what}: time {times} is not a capture time (epoch s, not in the future)")
+
     # -- faces ---------------------------------------------------------------------------
 
     def on_face(self, msg: FaceMessage) -> list[RecallMessage]:
         vector = msg.vector()
         self._known_session(msg.session)
+        self._check_time(f"face {msg.face_id}", msg.t)
         result = self.store.identify(
             vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t, face_id=msg.face_id
         )
@@ -148,6 +159,7 @@ class MemoryHandler:
         if not msg.text.strip():
             raise BadMessageError(f"segment {msg.segment_id}: empty transcript")
         self._known_session(msg.session)
+        self._check_time(f"segment {msg.segment_id}", msg.t_start, msg.t_end)
         segment = {"id": msg.segment_id, "t_start": msg.t_start, "t_end": msg.t_end, "text": msg.text}
         self.conversations.heard(msg.session, segment)
         return self._introduction(msg)

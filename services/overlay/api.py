@@ -56,6 +56,12 @@ class PersonDetail(Person):
         return cls(**person, summary=p.summary, view_ids=p.view_ids, history=encounters)
 
 
+class Suggestion(BaseModel):
+    a: Person
+    b: Person
+    score: float = Field(description="Cosine of their most alike face views")
+
+
 class RenameRequest(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"\S")
 

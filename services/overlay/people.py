@@ -21,6 +21,7 @@ from services.overlay.api import (
     RenameRequest,
     SplitRequest,
     SplitResult,
+    Suggestion,
 )
 
 ADMIN = Counter("convo_overlay_admin_total", "People API changes", ["action"])
@@ -69,6 +70,25 @@ def list_people(
 ) -> list[Person]:
     """Every person memory knows, most recently seen first."""
     return [Person.of(p) for p in admin.list(candidates) if not q or p.mentions(q)]
+
+
+@router.get("/suggestions")
+def suggestions(admin: Admin) -> list[Suggestion]:
+    """Pairs of people that may be one person, most alike first, without those already answered."""
+    out = []
+    for pair in admin.review.suggestions():
+        a, b = Person.of(admin.repo.get(pair.a)), Person.of(admin.repo.get(pair.b))
+        out.append(Suggestion(a=a, b=b, score=round(pair.score, 3)))
+    return out
+
+
+@router.post("/{pid}/different", responses=NOT_FOUND)
+def different(pid: PersonId, body: MergeRequest, admin: Admin) -> Person:
+    """``other`` is a different person: remembered as a label, and no longer suggested."""
+    _profile(admin, pid), _profile(admin, body.other)
+    admin.different(pid, body.other)
+    ADMIN.labels("different").inc()
+    return _profile(admin, pid)
 
 
 @router.get("/{pid}", responses=NOT_FOUND)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import redis
+from playwright.sync_api import Page, sync_playwright
 
 from services.face.handler import FaceHandler
 from services.face.model import FacePackModel
@@ -96,3 +97,15 @@ def people(r: redis.Redis, store: PersonStore, sarah_faces, crowd_faces) -> dict
     stranger = store.identify(crowd_faces[1].vector(), frame_id="x", thumb=crowd_faces[1].thumb).person_id
     assert stranger
     return {"sarah": sarah, "tom": tom, "stranger": stranger}
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A page in Debian's headless Chromium (no browser download)."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser.new_page(viewport={"width": 1100, "height": 640}, device_scale_factor=1)
+        browser.close()

@@ -102,6 +102,7 @@ def test_health_metrics_and_the_spec(api: TestClient, overlay_settings: OverlayS
     assert set(spec["paths"]) == {
         "/healthz", "/metrics", "/events", "/api/people", "/api/people/{pid}",
         "/api/people/{pid}/rename", "/api/people/{pid}/merge", "/api/people/{pid}/split",
+        "/api/people/{pid}/different", "/api/people/suggestions",
     }  # fmt: skip
     assert "text/event-stream" in spec["paths"]["/events"]["get"]["responses"]["200"]["content"]
     assert {"401", "403", "404"} <= set(spec["paths"]["/api/people/{pid}"]["delete"]["responses"])
@@ -129,7 +130,7 @@ def test_fuzz_the_api_for_server_errors(app: FastAPI, people: dict[str, str]) ->
     """Generated requests for every operation: never a 5xx, and every answer is what the spec says."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/events")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 10
 
     operations.sort(key=lambda op: op.method == "delete")  # forgetting people last keeps them around
 

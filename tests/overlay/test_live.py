@@ -2,19 +2,15 @@
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import redis
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from services.memory.person_store import PersonStore
 from shared.schemas import FaceMessage, RecallMessage, TranscriptMessage
 from tests.overlay.conftest import Overlay
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def recall(i: int, name: str = "Sarah Chen", **card: object) -> RecallMessage:
@@ -108,14 +104,6 @@ def test_two_tabs_both_get_every_event(r: redis.Redis, overlay: Overlay) -> None
 def test_an_unreadable_last_event_id_is_refused(overlay: Overlay) -> None:
     with events(overlay, "garbage") as res:
         assert res.status_code == 400
-
-
-@pytest.fixture(scope="module")
-def page() -> Iterator[Page]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser.new_page(viewport={"width": 1100, "height": 640}, device_scale_factor=1)
-        browser.close()
 
 
 def test_the_overlay_page_shows_the_card_when_a_recall_comes(
