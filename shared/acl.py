@@ -93,7 +93,8 @@ GRANTS = (
         follows=(AdapterMessage,), watches=(AudioSegmentMessage,), keys=MEMORY_KEYS,
         read_keys=(f"{KEY_PREFIX}:trainer:*",),
         forgets=True,  # an expired candidate's face goes from every stream
-        commands=(*LOOP, *RECORDS, "time"),  # conversations are stamped with the server's clock
+        # conversations are stamped with the server's clock; what was just said is a short list
+        commands=(*LOOP, *RECORDS, "@list", "time"),
     ),
     Grant(
         # The people page is person admin: rename, merge, and forget across every stream.
