@@ -232,11 +232,38 @@ class Evaluation:
         runner = CaptureRunner(capture, Publisher(self.redis, capture, threading.Event()), self.vad)
         runner.handler.start_clock(self.clock if not self.realtime else time.time())
         self.clock += 3 * 86400.0
-        runner.replay(wav)
+        with self._live_stages():
+            runner.replay(wav)
         self._run_stages()
         time.sleep(GAP_S + 0.2)  # the scene's conversation goes quiet
         self._run_stages()
         return self.score(scene, before, persons)
+
+    @contextmanager
+    def _live_stages(self) -> Iterator[None]:
+        """At real-time speed every stage runs while the scene plays, as in the stack, so that the
+        time from a face's frame to its card is what the wearer would see."""
+        if not self.realtime:
+            yield
+            return
+        stop = threading.Event()
+        handlers = {FaceMessage: self.memory.on_face, TranscriptMessage: self.memory.on_transcript}
+        consumers = [
+            Consumer(self.redis, self.settings, "face", {FrameMessage: self.faces}, stop=stop),
+            Consumer(
+                self.redis, self.settings, "transcriber", {AudioSegmentMessage: self.whisper}, stop=stop
+            ),
+            Consumer(self.redis, self.memory_settings, "memory", handlers, stop=stop, ticker=self.memory),
+        ]
+        threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
 
     def _run_stages(self) -> None:
         """Faces first, as in the running stack: a frame's card is out in a fraction of a second,
