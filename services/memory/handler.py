@@ -221,7 +221,8 @@ class MemoryHandler:
         if quiet and len(done) == len(groups) - 1 and self._settled(now - 1.0):
             done = groups
         if quiet and not groups:
-            self.conversations.seal(session, [], (state.t_seen - gap, now), last=True)
+            if self._settled(now - 1.0):  # speech may still be on its way to the transcriber
+                self.conversations.seal(session, [], (state.t_seen - gap, now), last=True)
             return
         for i, group in enumerate(done):
             following = groups[i + 1][0]["t_start"] if i + 1 < len(groups) else float("inf")

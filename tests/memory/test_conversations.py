@@ -161,3 +161,22 @@ def test_failing_extractor_isolated(
     assert letter[b"stream"] == b"memory:conversations" and b"adapter failed" in letter[b"error"]
     assert b"boom goes the adapter" in letter[b"f.segments"], "the letter keeps its state"
     assert r.scard(MemoryKeys.CLOSING) == 0
+
+
+def test_faces_wait_for_speech_still_being_transcribed(
+    r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
+) -> None:
+    """Faces come in a fraction of a second, speech only once it is transcribed: a session with
+    faces and no transcript yet is not closed as silent while its audio waits."""
+    handler = MemoryHandler(r, memory_settings)
+    r.sadd(MemoryKeys.SESSIONS, "s")
+    t = time.time() - 30
+    r.xgroup_create("audio:segments", Groups.TRANSCRIBER, id="0", mkstream=True)
+    r.xadd("audio:segments", {"segment_id": "s-a1"})  # not yet transcribed
+    r.xadd("faces", face("s", "f1", embeddings["t1-2"], t).to_fields())
+    settle(r, memory_settings, handler)
+    r.xadd("transcripts", line("s", 1, "Hi, I'm Lee Wong.", t).to_fields())
+    r.xgroup_destroy("audio:segments", Groups.TRANSCRIBER)  # as if transcribed and acked
+    settle(r, memory_settings, handler)
+    [encounter] = encounters(r)
+    assert handler.store.profile(encounter.person_id).name == "Lee Wong"
