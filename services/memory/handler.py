@@ -15,6 +15,7 @@ from services.memory.extract import Extractor, RulesExtractor
 from services.memory.grounding import grounded
 from services.memory.person_store import PersonStore
 from services.memory.recall import encounter_summary
+from services.memory.records import Person
 from services.memory.settings import MemorySettings
 from services.memory.view import Sighting, Views, evidence, named, pick, rank, subject
 from shared.schemas import (
@@ -105,11 +106,11 @@ class MemoryHandler:
     def _sighting(self, msg: FaceMessage, pid: str, score: float) -> None:
         """Evidence that ``pid`` is in view, for the card and for who the conversation is with."""
         view = self.settings.view
-        known = self.store.repo.is_known(pid)
+        known, candidate = self.store.repo.standing(pid)
         weight = evidence(msg.bbox, msg.width, msg.height, msg.det_score)
         self.conversations.seen(msg.session, pid, weight * (view.known_bonus if known else 1.0), msg.t)
         self.views.see(msg.session, pid, msg.t, weight, known, view.view_s, score)
-        if msg.faces_in_frame <= view.promote_max_faces and self.store.profile(pid).candidate:
+        if candidate and msg.faces_in_frame <= view.promote_max_faces:
             sessions, frames = self.store.repo.note_session(pid, msg.session)
             if sessions >= view.promote_sessions and frames >= view.promote_frames:
                 self.store.repo.promote(pid)
@@ -121,17 +122,18 @@ class MemoryHandler:
         view = self.settings.view
         ranked = rank(self.views.view(session), t, view.view_s, view.known_bonus)
         lines = self.views.heard_since(session, t - view.view_s)
-        said = {s.pid for s in ranked if s.known and named(self.store.profile(s.pid).name, lines)}
+        known = self._known_in_view(ranked)
+        said = {pid for pid, p in known.items() if named(p.name, lines)}
         top = subject(ranked, view.known_bonus, said, view.named_bonus)
         shown = self.views.shown(session)
         if top is None or (shown is not None and t < shown.t):
             return []  # nobody in view, or an older frame than the card's
         if shown is not None and shown.pid == top.pid and t - shown.t < view.view_s / 2 and not note:
             return []
-        person = self.store.profile(top.pid)
+        person = known.get(top.pid) or self.store.profile(top.pid)
         card = self.store.recall(top.pid, now=t, person=person)
-        self._context(session, ranked)
-        others = [self.store.profile(s.pid).name for s in ranked if s.known and s.pid != top.pid]
+        self._context(session, known)
+        others = [p.name for pid, p in known.items() if pid != top.pid]
         strangers = sum(1 for s in ranked if not s.known and s.pid != top.pid)
         self.views.show(session, top.pid, t, 10 * view.view_s)
         return [
@@ -143,14 +145,16 @@ class MemoryHandler:
             )
         ]  # fmt: skip
 
-    def _context(self, session: str, ranked: list[Sighting]) -> None:
+    def _known_in_view(self, ranked: list[Sighting]) -> dict[str, Person]:
+        """The profiles of the known people in view, in rank order (read once per decision)."""
+        return {s.pid: self.store.profile(s.pid) for s in ranked if s.known}
+
+    def _context(self, session: str, known: dict[str, Person]) -> None:
         """Tell the transcriber whom the speech is likely about: the known people in view."""
         words: list[str] = []
-        for s in ranked:
-            if s.known:
-                p = self.store.profile(s.pid)
-                last = self.store.repo.last_encounter(s.pid)
-                words += [*p.name.split(), p.company, *(last.topics[:2] if last else [])]
+        for pid, p in known.items():
+            last = self.store.repo.last_encounter(pid)
+            words += [*p.name.split(), p.company, *(last.topics[:2] if last else [])]
         self.views.set_context(session, [w for w in words if w], 10 * self.settings.view.view_s)
 
     # -- transcripts and conversations ---------------------------------------------------
@@ -174,7 +178,7 @@ class MemoryHandler:
             return []  # a name said with nobody in view makes no card
         shown = self.views.shown(msg.session)
         now = max(msg.t_end, shown.t if shown else msg.t_end)  # frames may be ahead of the speech
-        if any(s.known and named(self.store.profile(s.pid).name, [msg.text]) for s in ranked):
+        if any(named(p.name, [msg.text]) for p in self._known_in_view(ranked).values()):
             return self._card(msg.session, now, msg.segment_id)
         intro = grounded(RulesExtractor().extract(msg.text, self.store.wearer), msg.text)
         if not intro.name or not self.store.repo.introduce(ranked[0].pid, intro.name, intro.company):
@@ -287,15 +291,14 @@ class MemoryHandler:
             self.conversations.discard(c.id)
             return []
         texts = [s["text"] for s in c.segments]
+        profiles = {p: self.store.profile(p) for p in people}
         bonus = self.settings.view.named_bonus
-        people = {
-            p: w * (bonus if named(self.store.profile(p).name, texts) else 1.0) for p, w in people.items()
-        }
-        pid = pick(people, {p for p in people if self.store.repo.is_known(p)})
+        weights = {p: w * (bonus if named(profiles[p].name, texts) else 1.0) for p, w in people.items()}
+        pid = pick(weights, {p for p, person in profiles.items() if person.known})
         assert pid is not None
-        transcript = " ".join(s["text"] for s in c.segments)
+        transcript = " ".join(texts)
         extraction = grounded(self.store.extractor.extract(transcript, self.store.wearer), transcript)
-        summary = encounter_summary(self.store.profile(pid), extraction)
+        summary = encounter_summary(profiles[pid], extraction)
         extraction = extraction.model_copy(update={"summary": summary})
         t_end = max(s["t_end"] for s in c.segments)
         with self.conversations.lock(c.session):  # two replicas ticking at once record it once

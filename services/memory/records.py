@@ -36,6 +36,11 @@ class Person(BaseModel):
     frames: int = 0
     """Frames they were seen in as a candidate."""
 
+    @property
+    def known(self) -> bool:
+        """Whether the wearer knows them: named, or talked to before."""
+        return bool(self.name) or self.encounters > 0
+
     def mentions(self, query: str) -> bool:
         """Whether ``query`` is in their name, company, role or facts (case-insensitive)."""
         text = " ".join([self.name, self.company, self.role, *(f.text for f in self.facts)])

@@ -96,10 +96,13 @@ class PersonRepository:
             pipe.hdel(MemoryKeys.person(pid), "candidate")
             pipe.execute()
 
-    def is_known(self, pid: str) -> bool:
-        """Whether the wearer knows them: named, or talked to before."""
-        name, encounters = self.redis.hmget(MemoryKeys.person(pid), "name", "encounters")
-        return bool(name) or int(encounters or 0) > 0
+    def standing(self, pid: str) -> tuple[bool, bool]:
+        """Whether the wearer knows them (named, or talked to before), and whether they are a
+        candidate: one round trip, for every face."""
+        name, encounters, candidate = self.redis.hmget(
+            MemoryKeys.person(pid), "name", "encounters", "candidate"
+        )
+        return bool(name) or int(encounters or 0) > 0, bool(candidate)
 
     def note_session(self, pid: str, session: str) -> tuple[int, int]:
         """A candidate seen in ``session``: returns the sessions and frames they were seen in."""
