@@ -217,11 +217,14 @@ def eval_(
     realtime: Annotated[
         bool, typer.Option(help="Replay at real-time speed: also measures time to card.")
     ] = False,
+    page: Annotated[
+        bool, typer.Option(help="Read the cards from the overlay page in headless Chromium, as worn.")
+    ] = True,
 ) -> None:
     """The identity scorecard: replay scenes through the real stages on a private Redis and score them."""
     from services.evaluation import evaluate
 
-    card = evaluate(scenes, realtime)
+    card = evaluate(scenes, realtime, page=page)
     table = Table(title=f"scenes in {scenes}")
     table.add_column("scene", no_wrap=True)
     for col in ("identity", "attribution", "name", "company", "facts", "WER", "persons added", "notes"):
@@ -253,12 +256,43 @@ def env_example() -> None:
 @app.command()
 def up(
     demo: Annotated[bool, typer.Option(help="Play the demo conversation once the services are up.")] = False,
-    procfile: Annotated[Path, typer.Option(help="Which Procfile honcho runs.")] = REPO / "Procfile",
+    procfile: Annotated[Path, typer.Option(help="Which services to run (name: command).")] = REPO
+    / "Procfile",
 ) -> None:
-    """Run every service with honcho; start a private redis-server unless CONVO_REDIS_URL is set."""
+    """Run every service under supervisord, which restarts one that dies; start a private
+    redis-server unless CONVO_REDIS_URL is set."""
     from services.stack import up as run_stack
 
     raise typer.Exit(run_stack(demo, procfile))
+
+
+@app.command()
+def logs(
+    service: Annotated[
+        str | None, typer.Argument(help="One service; all of them interleaved when left out.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show first.")] = 40,
+) -> None:
+    """The local stack's logs (`.convo/logs/<service>.log`, written while `convo up` runs)."""
+    import threading
+
+    from services.logfiles import Follower, tail
+    from services.stack import LOGS
+
+    wanted = [service] if service else None
+    if service and not (LOGS / f"{service}.log").exists():
+        known = ", ".join(sorted(p.stem for p in LOGS.glob("*.log"))) or "none yet (is `convo up` running?)"
+        raise typer.BadParameter(f"no log for {service!r} in {LOGS}; there are: {known}")
+    out = Console(highlight=False)
+    for line in tail(LOGS, wanted, lines):
+        out.print(line.markup())
+    if follow:
+        try:
+            for line in Follower(LOGS, services=wanted).follow(threading.Event()):
+                out.print(line.markup())
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""The local stack without Docker: a redis-server if none is configured, honcho for the services,
-and the demo conversation replayed through capture."""
+"""The local stack without Docker: a redis-server if none is configured, supervisord for the
+services (each restarted when it dies, as compose does), and the demo conversation replayed
+through capture."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import redis
 from rich.console import Console
 
+from services.logfiles import Follower
 from shared import acl
 from shared.redis_server import RedisServer
 from shared.runtime import connect
@@ -19,8 +23,13 @@ from shared.settings import ServiceSettings
 from shared.streams import heartbeat_key
 
 REPO = Path(__file__).resolve().parents[1]
-STATE = REPO / ".convo"
-console = Console()
+STATE = Path(os.environ.get("CONVO_STATE_DIR", REPO / ".convo"))
+LOGS = STATE / "logs"
+console = Console(highlight=False)
+# supervisord's backoff: a service that dies within START_S of starting waits 1 s, 2 s, 3 s...
+# before each retry and is given up after START_RETRIES; one that ran longer restarts at once.
+START_S = 5
+START_RETRIES = 10
 
 
 def ensure_redis(settings: ServiceSettings) -> tuple[RedisServer | None, Path | None]:
@@ -135,6 +144,80 @@ def show(stream: str, fields: dict[bytes, bytes], settings: ServiceSettings) -> 
     return False
 
 
+def supervisor_conf(procfile: Path, state: Path) -> Path:
+    """supervisord's configuration for the Procfile's services, written to ``state``: each one is
+    restarted when it exits (with supervisord's backoff when it keeps dying at start), stopped with
+    SIGTERM, and logs to ``state/logs/<service>.log``."""
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    sock = state / "supervisor.sock"
+    lines = [
+        "[supervisord]", "nodaemon=true", f"logfile={logs / 'supervisord.log'}",
+        f"pidfile={state / 'supervisord.pid'}", f"childlogdir={logs}", "",
+        "[unix_http_server]", f"file={sock}", "chmod=0700", "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        "[supervisorctl]", f"serverurl=unix://{sock}", "",
+    ]  # fmt: skip
+    for name, command in procfile_entries(procfile):
+        lines += [
+            f"[program:{name}]", f"command={command}", f"directory={REPO}",
+            "autorestart=true", f"startsecs={START_S}", f"startretries={START_RETRIES}",
+            "stopsignal=TERM", "stopwaitsecs=30", "redirect_stderr=true",
+            f"stdout_logfile={logs / name}.log", "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
+            "",
+        ]  # fmt: skip
+    conf = state / "supervisord.conf"
+    conf.write_text("\n".join(line.replace("%", "%%") for line in lines))
+    return conf
+
+
+def procfile_entries(procfile: Path) -> list[tuple[str, str]]:
+    """``name: command`` lines; supervisord runs the command itself, so a leading ``exec`` goes."""
+    out = []
+    for line in procfile.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, command = line.split(":", 1)
+            out.append((name.strip(), command.strip().removeprefix("exec ")))
+    return out
+
+
+# What supervisord says about a service, as the terminal shows it.
+EVENTS = [
+    (re.compile(r"exited: (\S+) \((.*); not expected\)"), "[bold yellow]{0} stopped ({1}); restarting it[/]"),
+    (re.compile(r"gave up: (\S+) entered FATAL"),
+     "[bold red]{0} keeps failing; gave up (see `convo logs {0}`)[/]"),
+    (re.compile(r"spawned: '(\S+)' with pid (\d+)"), "[dim]{0} started (pid {1})[/]"),
+    (re.compile(r"success: (\S+) entered RUNNING"), None),
+    (re.compile(r"Privileges were not dropped|without any HTTP authentication"), None),  # root; a 0700 socket
+    (re.compile(r"(CRIT|WARN|ERRO)\w* (.*)"), "[yellow]supervisord: {1}[/]"),
+]  # fmt: skip
+
+
+def narrate(supervisor: subprocess.Popen, logs: Path, stop: threading.Event) -> list[threading.Thread]:
+    """Show supervisord's restarts and each service's warnings and errors on the terminal; the
+    full logs stay in the files (`convo logs`)."""
+
+    def events() -> None:
+        for line in supervisor.stdout:  # type: ignore[union-attr]
+            for pattern, template in EVENTS:
+                if m := pattern.search(line):
+                    if template:
+                        console.print(template.format(*m.groups()))
+                    break
+
+    def warnings() -> None:
+        width = max((len(n) for n in ("transcriber", *[p.stem for p in logs.glob("*.log")])), default=11)
+        for line in Follower(logs, from_end=True).follow(stop):
+            if line.service != "supervisord" and line.level not in ("DEBUG", "INFO"):
+                console.print(line.markup(width))
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (events, warnings)]
+    for t in threads:
+        t.start()
+    return threads
+
+
 def up(demo: bool, procfile: Path) -> int:
     """Run the stack until Ctrl-C; with ``demo``, play the demo conversation once it is up."""
     settings = ServiceSettings()
@@ -148,11 +231,19 @@ def up(demo: bool, procfile: Path) -> int:
         env.setdefault("CONVO_AUDIO__SOURCE", "none")  # the demo is the audio; keep the mic out of it
         env.setdefault("CONVO_WEARER_NAME", "Alex")  # the demo's wearer
         env.setdefault("CONVO_ENCOUNTER__GAP_S", "8")  # its meetings are seconds apart, not hours
-    honcho = Path(sys.executable).with_name("honcho")
-    proc = subprocess.Popen([str(honcho), "-f", str(procfile), "-d", str(REPO), "start"], env=env)
+    conf = supervisor_conf(procfile, STATE)
+    supervisord = Path(sys.executable).with_name("supervisord")
+    proc = subprocess.Popen(
+        [str(supervisord), "-c", str(conf)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    where = LOGS.relative_to(REPO) if LOGS.is_relative_to(REPO) else LOGS
+    console.print(f"services under supervisord; logs in {where}/ (`convo logs SERVICE -f`), warnings here")
+    stop_follow = threading.Event()
+    narrate(proc, LOGS, stop_follow)
     asked_to_stop = False
 
-    def stop(*_: object) -> None:  # a SIGTERM (systemd, CI) is passed on to honcho
+    def stop(*_: object) -> None:  # a SIGTERM (systemd, CI) is passed on to supervisord
         nonlocal asked_to_stop
         asked_to_stop = True
         proc.send_signal(signal.SIGTERM)
@@ -163,22 +254,19 @@ def up(demo: bool, procfile: Path) -> int:
             play_demo(settings, env)
             console.print("[bold]the stack keeps running; Ctrl-C stops it.[/]")
         rc = proc.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reached supervisord too; a lone SIGINT did not
         asked_to_stop = True
-        try:  # a terminal's Ctrl-C reached honcho too
-            rc = proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            rc = proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait()
     except subprocess.CalledProcessError:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
         rc = 1
     finally:
+        stop_follow.set()
         if proc.poll() is None:
             proc.terminate()
-            proc.wait(30)
+            proc.wait(60)
         if server:
             server.stop()
-    # honcho reports the signal it stopped on (130, 143); a stop that was asked for is a success.
-    return 0 if asked_to_stop and rc in (130, 143) else rc
+    return 0 if asked_to_stop and rc in (0, -signal.SIGINT, -signal.SIGTERM) else rc

@@ -1,5 +1,7 @@
 """The ``convo`` CLI against a real redis-server."""
 
+from pathlib import Path
+
 import pytest
 import redis
 from typer.testing import CliRunner
@@ -64,3 +66,33 @@ def test_dlq_list_retry_and_drop(r: redis.Redis, cli: CliRunner, settings: Servi
     assert cli.invoke(app, ["dlq", "drop", "--all"]).exit_code == 0
     assert r.xlen("dlq") == 0
     assert "no such dead letter" in cli.invoke(app, ["dlq", "drop", second]).output
+
+
+def test_convo_logs_interleaves_the_services_by_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from services import stack
+
+    def record(t: str, level: str, msg: str) -> str:
+        return json.dumps({"t": f"2026-11-29T10:00:{t}+00:00", "level": level, "logger": "x", "msg": msg})
+
+    (tmp_path / "face.log").write_text(
+        "\n".join([record("01.000", "INFO", "face one"), record("03.000", "WARNING", "face two")]) + "\n"
+    )
+    (tmp_path / "memory.log").write_text(
+        "\n".join([record("02.000", "ERROR", "memory one"), "Traceback (most recent call last):"]) + "\n"
+    )
+    monkeypatch.setattr(stack, "LOGS", tmp_path)
+    out = CliRunner().invoke(app, ["logs"], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    order = [
+        m
+        for line in out.output.splitlines()
+        for m in ("face one", "memory one", "Traceback", "face two")
+        if m in line
+    ]
+    assert order == ["face one", "memory one", "Traceback", "face two"], out.output
+    one = CliRunner().invoke(app, ["logs", "memory", "-n", "1"], terminal_width=200)
+    assert "Traceback" in one.output and "memory one" not in one.output and "face" not in one.output
+    missing = CliRunner().invoke(app, ["logs", "overlay"], terminal_width=200)
+    assert missing.exit_code != 0 and "face, memory" in missing.output

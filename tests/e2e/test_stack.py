@@ -1,5 +1,5 @@
 """`make run` as a user runs it: `convo up --demo` starts every service as its own process under
-honcho, plays the three demo meetings in real time, and Sarah's recall card comes out of
+supervisord, plays the three demo meetings in real time, and Sarah's recall card comes out of
 ``recalls`` and over the overlay's event stream. Ctrl-C then stops everything cleanly."""
 
 import json
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,7 +28,7 @@ def test_make_run_demo_shows_sarahs_card_and_stops_cleanly(
     env = {
         **os.environ, "CONVO_REDIS_URL": redis_server.url, "CONVO_OVERLAY__PORT": str(port),
         "CONVO_FRAMES__HTTP_PORT": str(free_port()), "CONVO_OVERLAY__ADMIN_TOKEN": "e2e",
-        "CONVO_DATASET__DIR": str(tmp_path / "dataset"),
+        "CONVO_DATASET__DIR": str(tmp_path / "dataset"), "CONVO_STATE_DIR": str(tmp_path / "state"),
     }  # fmt: skip
     convo = Path(sys.executable).with_name("convo")
     started = time.time()
@@ -74,3 +75,49 @@ def test_make_run_demo_shows_sarahs_card_and_stops_cleanly(
     for stream in ("audio:segments", "frames", "transcripts", "faces", "encounters"):
         for group in r.xinfo_groups(stream):
             assert group["pending"] == 0 and group["lag"] == 0, (stream, group)  # every group drained
+
+
+def test_local_stack_restarts_a_killed_service(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A SIGKILLed service comes back on its own and the terminal says so; the others keep running;
+    Ctrl-C still stops everything with status 0 and leaves no process behind."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("face: exec python -m services.face\nmemory: exec python -m services.memory\n")
+    env = {**os.environ, "CONVO_REDIS_URL": redis_server.url, "CONVO_STATE_DIR": str(tmp_path / "state")}
+    convo = Path(sys.executable).with_name("convo")
+    proc = subprocess.Popen(
+        [str(convo), "up", "--procfile", str(procfile)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    r = redis_server.client()
+
+    def pids(group: str) -> set[int]:
+        return {int(k.rsplit(b"-", 1)[1]) for k in r.scan_iter(f"convo:heartbeat:{group}:*")}
+
+    def wait(what: str, ready: Callable[[], bool], timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None, "".join(lines[-40:])
+            assert time.monotonic() < deadline, f"{what}:\n" + "".join(lines[-40:])
+            time.sleep(0.3)
+
+    try:
+        wait("face and memory did not start", lambda: bool(pids("face") and pids("memory")))
+        (face,), memory = pids("face"), pids("memory")
+        os.kill(face, signal.SIGKILL)
+        wait("face was not restarted", lambda: bool(pids("face") - {face}))
+        wait("the terminal did not say so", lambda: any("face stopped" in line for line in lines), 10)
+        assert pids("memory") == memory, "memory kept running"
+        log = tmp_path / "state" / "logs" / "face.log"
+        assert log.read_text().count("face consumer ") >= 2, "both runs logged to the service's file"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        rc = proc.wait(90)
+        reader.join(5)
+    output = "".join(lines)
+    assert rc == 0, output[-3000:]
+    assert "restarting it" in output, output[-3000:]
+    for pid in pids("face") | pids("memory") | memory:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
