@@ -107,7 +107,9 @@ def test_local_stack_restarts_a_killed_service(redis_server: RedisServer, tmp_pa
         wait("face and memory did not start", lambda: bool(pids("face") and pids("memory")))
         (face,), memory = pids("face"), pids("memory")
         os.kill(face, signal.SIGKILL)
+        killed = time.monotonic()
         wait("face was not restarted", lambda: bool(pids("face") - {face}))
+        print(f"face back, consuming with its model loaded, {time.monotonic() - killed:.1f} s after SIGKILL")
         wait("the terminal did not say so", lambda: any("face stopped" in line for line in lines), 10)
         assert pids("memory") == memory, "memory kept running"
         log = tmp_path / "state" / "logs" / "face.log"
