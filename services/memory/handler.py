@@ -3,7 +3,7 @@
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -87,8 +87,9 @@ class MemoryHandler:
         self._known_session(msg.session)
         self._check_time(f"face {msg.face_id}", msg.t)
         result = self.store.identify(
-            vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t, face_id=msg.face_id
-        )
+            vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t, face_id=msg.face_id,
+            named=self._named_just_now(msg.session, msg.t),
+        )  # fmt: skip
         MATCHES.labels(result.outcome).inc()
         log.info(
             "face=%s person=%s outcome=%s score=%.2f",
@@ -102,6 +103,19 @@ class MemoryHandler:
         if not self.views.frame_done(msg.frame_id, msg.face_id, msg.faces_in_frame):
             return []  # the card is decided once every face of the frame is in
         return self._card(msg.session, msg.t, msg.face_id)
+
+    def _named_just_now(self, session: str, t: float) -> Callable[[str], bool]:
+        """Whether a person's first name was said in the session in the last ``view_s`` (read only
+        for a borderline face, so a confident match costs nothing)."""
+        lines: list[str] | None = None
+
+        def said(pid: str) -> bool:
+            nonlocal lines
+            if lines is None:
+                lines = self.views.heard_since(session, t - self.settings.view.view_s)
+            return bool(lines) and named(self.store.profile(pid).name, lines)
+
+        return said
 
     def _sighting(self, msg: FaceMessage, pid: str, score: float) -> None:
         """Evidence that ``pid`` is in view, for the card and for who the conversation is with."""

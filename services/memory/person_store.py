@@ -11,7 +11,7 @@ Redis lock with a re-match inside it, so two replicas seeing one new face create
 import logging
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,7 @@ class Match:
     person_id: str | None
     score: float
     runner_up: float
-    outcome: str  # "match", "new", "ambiguous"
+    outcome: str  # "match", "new", "ambiguous", "named" (a borderline match a name heard settled)
 
 
 class PersonStore:
@@ -78,19 +78,41 @@ class PersonStore:
 
     # -- matching ------------------------------------------------------------------------
 
-    def match(self, vector: np.ndarray, exclude: Collection[str] = ()) -> Match:
-        """Best person for a normed embedding: threshold, then margin over the runner-up."""
+    def match(
+        self, vector: np.ndarray, exclude: Collection[str] = (), named: Callable[[str], bool] | None = None
+    ) -> Match:
+        """Best person for a normed embedding: threshold, then margin over the runner-up. ``named``
+        says whether a person was just named aloud; such a person settles a borderline match."""
         self.refresh()
         top = self.index.top_two(vector, exclude)
         if not top:
             return Match(None, 0.0, 0.0, "new")
         best = top[0][1]
         runner_up = top[1][1] if len(top) > 1 else 0.0
-        if best < self.settings.threshold:
-            return Match(None, best, runner_up, "new")
-        if best - runner_up < self.settings.margin:
-            return Match(None, best, runner_up, "ambiguous")
-        return Match(top[0][0], best, runner_up, "match")
+        confident = best >= self.settings.threshold and best - runner_up >= self.settings.margin
+        # A confident match to a candidate still yields to a named person close behind: the
+        # candidate is most likely this same face, seen a moment before the name was said.
+        contested = named and runner_up >= self.settings.threshold - self.settings.named_slack
+        if confident and not (contested and self.repo.standing(top[0][0])[1]):
+            return Match(top[0][0], best, runner_up, "match")
+        if settled := self._settle(top, named) if named else None:
+            return settled
+        if confident:
+            return Match(top[0][0], best, runner_up, "match")
+        return Match(None, best, runner_up, "new" if best < self.settings.threshold else "ambiguous")
+
+    def _settle(self, top: list[tuple[str, float]], named: Callable[[str], bool]) -> Match | None:
+        """The one person of the top two who was named aloud and scores within ``named_slack`` of
+        the threshold, unless a known person scores clearly better."""
+        slack = self.settings.named_slack
+        said = [(pid, score) for pid, score in top if score >= self.settings.threshold - slack and named(pid)]
+        if len(said) != 1:
+            return None
+        pid, score = said[0]
+        if any(s > score + slack and self.repo.standing(p)[0] for p, s in top):
+            return None
+        others = [s for p, s in top if p != pid]
+        return Match(pid, score, others[0] if others else 0.0, "named")
 
     def identify(
         self,
@@ -99,9 +121,12 @@ class PersonStore:
         thumb: bytes = b"",
         t: float | None = None,
         face_id: str | None = None,
+        named: Callable[[str], bool] | None = None,
     ) -> Match:
         """Match a face, or make it a new person. Two faces of one frame never get the same person;
-        the same face (``face_id``) handled again, after a crash say, gets the person it got before."""
+        the same face (``face_id``) handled again, after a crash say, gets the person it got before.
+        A borderline face goes to a person ``named`` aloud (see :meth:`match`); it is not kept as a
+        view of theirs, since only the name, not the face, made it theirs."""
         vector = embedding if isinstance(embedding, np.ndarray) else embedding_from_bytes(embedding)
         if isinstance(embedding, np.ndarray):
             embedding_from_bytes(embedding_to_bytes(vector))  # the same checks: size, finite, normed
@@ -110,7 +135,7 @@ class PersonStore:
         for _ in range(8):
             claims = self.repo.frame_claims(frame_id) if frame_id else {}
             exclude = {p for p, f in claims.items() if f != face or face == "?"}
-            result = self.match(vector, exclude)
+            result = self.match(vector, exclude, named)
             if result.outcome == "new":
                 result = self._create(vector, thumb, t, exclude)
             if result.person_id is None:

@@ -17,6 +17,9 @@ class MatchSettings(SettingsGroup):
     """A person matches when their best view scores at least this (cosine)."""
     margin: float = Field(0.08, ge=0, lt=1)
     """...and beats the runner-up person by at least this; otherwise the match is ambiguous."""
+    named_slack: float = Field(0.1, ge=0, lt=1)
+    """A face that misses by less than this (under the threshold, or within the margin) is given
+    to a known person whose first name was said aloud in the last ``view_s``: the name settles it."""
     new_view_below: float = Field(0.9, gt=0, le=1)
     """A matched face joins the person's views when no view scores above this (a new look)."""
     max_views: int = Field(12, ge=1)
