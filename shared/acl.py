@@ -39,7 +39,7 @@ LOOP = (
 GROUP_BOOKKEEPING = ("+xack", "+xautoclaim", "+xgroup|create")
 # Capture only appends, and reads its streams' groups for backpressure and retention.
 PRODUCER = (
-    "ping", "scan", "set",
+    "ping", "scan", "set", "del",
     "xadd", "xinfo|groups", "xpending", "xtrim", "xlen", "xrange", "sadd",
 )  # fmt: skip
 # Services that keep records of their own (persons, the adapter registry) get the data-type
@@ -78,7 +78,8 @@ class Grant:
 
 GRANTS = (
     Grant(
-        "capture", produces=(AudioSegmentMessage, FrameMessage), keys=(MemoryKeys.SESSIONS,),
+        "capture", produces=(AudioSegmentMessage, FrameMessage),
+        keys=(MemoryKeys.SESSIONS, MemoryKeys.speaking("*")),  # speech still being cut, for memory
         # backpressure reads the face group's lag; retention trims what every group has acked
         follows=(AudioSegmentMessage, FrameMessage), commands=PRODUCER,
     ),

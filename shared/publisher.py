@@ -77,6 +77,14 @@ class Publisher:
         """Register a capture session, so that readers can tell its entries from strays."""
         self._retry("announce the session", lambda: self.redis.sadd(MemoryKeys.SESSIONS, session))
 
+    def speaking(self, session: str, since: float | None, ttl_s: float) -> None:
+        """Say that speech is going on in ``session`` since ``since``, or (``None``) no longer."""
+        key = MemoryKeys.speaking(session)
+        if since is None:
+            self._retry("end the speaking mark", lambda: self.redis.delete(key))
+        else:
+            self._retry("mark speech in progress", lambda: self.redis.set(key, repr(since), ex=round(ttl_s)))
+
     def heartbeat(self, group: str, name: str) -> None:
         """Keep ``group``'s heartbeat key for this process fresh from a daemon thread (for ``--check``)."""
         ttl = self.settings.consumer.heartbeat_ttl_s

@@ -156,6 +156,13 @@ class MemoryKeys:
         return f"{KEY_PREFIX}:session:{session}:card"
 
     @staticmethod
+    def speaking(session: str) -> str:
+        """STRING: when the utterance capture is still cutting began (wall clock); set while
+        the session's speech goes on, deleted once its segment is written. Its TTL covers a
+        capture that died mid-utterance. Memory ends no conversation of the session meanwhile."""
+        return f"{KEY_PREFIX}:session:{session}:speaking"
+
+    @staticmethod
     def context(session: str) -> str:
         """STRING, a JSON list: words the session's speech is likely to hold now (the names, companies
         and topics of the people in view), which the transcriber gives Whisper as hotwords."""

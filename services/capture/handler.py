@@ -134,6 +134,12 @@ class CaptureHandler:
         with self._lock:
             return [self._segment(s) for s in self.segmenter.flush()]
 
+    def speaking_since(self) -> float | None:
+        """Wall-clock start of the utterance still being cut, if speech is going on."""
+        with self._lock:
+            start = self.segmenter.speech_start if self.segmenter.speaking else None
+            return None if start is None else round(self.t0 + start / SAMPLE_RATE, 3)
+
     def now(self) -> float:
         """Wall-clock time of the audio heard so far."""
         return self.t0 + self.segmenter.pos / SAMPLE_RATE

@@ -46,6 +46,8 @@ class CaptureRunner:
         self.frames_backlog = publisher.backlog(streams.frames)
         self.speech_backlog = publisher.backlog(streams.audio_segments)
         self._warned = self._told = float("-inf")
+        self._speaking: float | None = None
+        self._speaking_lock = threading.Lock()  # audio and the HTTP frames publish from two threads
         publisher.announce_session(self.session)
 
     def publish(self, messages: Sequence[StreamMessage]) -> list[StreamMessage]:
@@ -58,7 +60,17 @@ class CaptureRunner:
                 self._warn_if_speech_waits()
             self.publisher.publish(msg)
             sent.append(msg)
+        self._mark_speech()
         return sent
+
+    def _mark_speech(self) -> None:
+        """Memory must not end a conversation while an utterance is still being cut: keep the
+        session's speaking mark in step with the segmenter (a forced cut starts a new mark)."""
+        with self._speaking_lock:
+            since = self.handler.speaking_since()
+            if since != self._speaking:
+                self.publisher.speaking(self.session, since, self.settings.vad.max_segment_s + 10)
+                self._speaking = since
 
     def submit_frame(self, t: float, jpeg: bytes) -> list[FrameMessage]:
         """A frame from the HTTP ingest: gated, published, and returned if it was forwarded."""

@@ -150,6 +150,10 @@ class Conversations:
         seconds, micros = self.redis.time()
         return seconds + micros / 1e6
 
+    def speaking(self, session: str) -> bool:
+        """Whether capture is still cutting an utterance of the session (its speaking mark)."""
+        return bool(self.redis.exists(MemoryKeys.speaking(session)))
+
     def known_session(self, session: str) -> bool:
         """Whether capture announced this session."""
         return bool(self.redis.sismember(MemoryKeys.SESSIONS, session))

@@ -232,7 +232,11 @@ class MemoryHandler:
             return
         gap = self.settings.encounter.gap_s
         groups = split(state.segments, gap)
-        quiet = now - state.t_seen > gap and (not groups or now - max(s["t_end"] for s in groups[-1]) > gap)
+        quiet = (
+            now - state.t_seen > gap
+            and (not groups or now - max(s["t_end"] for s in groups[-1]) > gap)
+            and not self.conversations.speaking(session)  # an utterance capture is still cutting
+        )
         # every segment of a conversation was spoken, so written, before any of the next one's
         handled = [max(s["at"] for g in groups[i + 1 :] for s in g) for i in range(len(groups) - 1)]
         done = [g for g, at in zip(groups, handled, strict=False) if self._settled(at)]

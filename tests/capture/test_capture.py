@@ -3,6 +3,7 @@
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -218,3 +219,34 @@ def test_frames_are_dropped_and_counted_while_the_face_stage_lags_but_speech_is_
         runner.publish(runner.handler.audio(chunk))
     runner.publish(runner.handler.flush())
     assert len(segments(r)) == runner.handler.n_segments >= 3 > capture_settings.caps.audio_segments
+
+
+def test_speech_in_progress_is_marked_until_its_segment_is_written(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    """While someone is still speaking, nothing of it is in a stream yet: the session's speaking
+    mark tells memory so (it ends no conversation meanwhile). It goes once the segment is out."""
+    from shared.streams import MemoryKeys
+
+    audio = np.concatenate([SILENCE_2S, speech(SARAH, tmp_path), SILENCE_2S])
+    start, end = voiced_span(audio)
+    runner = CaptureRunner(capture_settings, Publisher(r, capture_settings), vad)
+    key = MemoryKeys.speaking("test")
+    midway: list[tuple[bytes | None, int, int]] = []
+
+    def chunks() -> Iterator[np.ndarray]:
+        fed = 0
+        for chunk in chunked(audio):
+            yield chunk  # what follows runs once the chunk is handled
+            fed += len(chunk)
+            if not midway and fed / RATE >= (start + end) / 2:
+                midway.append((r.get(key), r.ttl(key), r.xlen("audio:segments")))
+
+    runner.listen(chunks())
+    [(mark, ttl, written)] = midway
+    assert mark is not None and written == 0, "speech in progress is marked, and in no stream yet"
+    assert float(mark) - runner.handler.t0 == pytest.approx(start, abs=0.6)
+    assert 0 < ttl <= capture_settings.vad.max_segment_s + 10, "a capture that dies leaves no mark for long"
+    [seg] = segments(r)
+    assert r.get(key) is None, "the mark goes once the segment is written"
+    assert seg.t_start == pytest.approx(float(mark), abs=0.6)

@@ -10,6 +10,7 @@ import redis
 from services.memory.extract import Extraction, RulesExtractor
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
+from shared.publisher import Publisher
 from shared.schemas import EncounterMessage, FaceMessage, embedding_to_bytes
 from shared.streams import Groups, MemoryKeys
 from tests.memory.test_memory_service import line, run
@@ -79,6 +80,27 @@ def test_conversation_waits_for_transcriber(
     assert encounters(r) == []
     r.xadd("transcripts", line("s", 2, "I run a bakery in Lisbon.", t + 2.2).to_fields())
     r.xgroup_destroy("audio:segments", Groups.TRANSCRIBER)  # as if transcribed and acked
+    settle(r, memory_settings, handler)
+    [encounter] = encounters(r)
+    assert encounter.transcript == "Hi, I'm Lee Wong. I run a bakery in Lisbon."
+
+
+def test_conversation_waits_for_speech_still_being_cut(
+    r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
+) -> None:
+    """A long utterance capture has not cut yet is in no stream: its speaking mark holds the
+    conversation open however quiet the streams look, until the segment is written."""
+    handler = MemoryHandler(r, memory_settings)
+    r.sadd(MemoryKeys.SESSIONS, "s")
+    t = time.time() - 30
+    r.xadd("faces", face("s", "f1", embeddings["t1-2"], t).to_fields())
+    r.xadd("transcripts", line("s", 1, "Hi, I'm Lee Wong.", t).to_fields())
+    speech = Publisher(r, memory_settings)
+    speech.speaking("s", t + 2.2, ttl_s=30)  # as capture marks it while the speech goes on
+    settle(r, memory_settings, handler)
+    assert encounters(r) == []
+    r.xadd("transcripts", line("s", 2, "I run a bakery in Lisbon.", t + 2.2).to_fields())
+    speech.speaking("s", None, ttl_s=30)
     settle(r, memory_settings, handler)
     [encounter] = encounters(r)
     assert encounter.transcript == "Hi, I'm Lee Wong. I run a bakery in Lisbon."
