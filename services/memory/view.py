@@ -3,10 +3,12 @@
 Every face adds evidence to its person in the session's view: how large it is in the frame,
 how near the centre, how sure the detector is, and how long it stays (the sum decays with a
 half-life of the view time, so a person who stays gains, one who left fades). A person the
-wearer knows weighs ``known_bonus`` times more. The card goes to the interlocutor, unless a
-stranger far outweighs every known person in view (:data:`DOMINANCE`), the best-ranked known
+wearer knows weighs ``known_bonus`` times more. The card goes to the interlocutor, except
+that a known person in view is never hidden behind a stranger: then the best-ranked known
 person's card shows, and the strangers are one line on it ("and 14 people you don't know").
-The conversation goes to the same choice, over the whole conversation's evidence.
+The conversation goes to the interlocutor over the whole conversation's evidence, where a
+stranger is taken over a known person only when they far outweigh them (:data:`DOMINANCE`:
+someone filling the view while a friend stands at its edge).
 """
 
 import json
@@ -94,14 +96,14 @@ DOMINANCE = 4.0
 their weighted evidence (they fill the view); otherwise the known person is."""
 
 
-def pick(weights: dict[str, float], known: set[str]) -> str | None:
+def pick(weights: dict[str, float], known: set[str], dominance: float = DOMINANCE) -> str | None:
     """Who the wearer is with, from each person's weighted evidence: the interlocutor, unless they
-    are a stranger and someone known is in view without being far outweighed."""
+    are a stranger and someone known is in view without being outweighed ``dominance`` times."""
     order = sorted(weights, key=lambda p: (-weights[p], p))
     best_known = next((p for p in order if p in known), None)
     if not order or best_known is None or order[0] == best_known:
         return order[0] if order else None
-    return order[0] if weights[order[0]] >= DOMINANCE * weights[best_known] else best_known
+    return order[0] if weights[order[0]] >= dominance * weights[best_known] else best_known
 
 
 def named(name: str, texts: list[str]) -> bool:
@@ -113,12 +115,13 @@ def named(name: str, texts: list[str]) -> bool:
 def subject(
     ranked: list[Sighting], known_bonus: float, said: Collection[str] = (), named_bonus: float = 1.0
 ) -> Sighting | None:
-    """Whose card shows (see :func:`pick`); ``said``: the persons named aloud just now."""
+    """Whose card shows: the interlocutor, or the best-ranked known person in view when the
+    interlocutor is a stranger; ``said``: the persons named aloud just now."""
     weights = {
         s.pid: s.evidence * (known_bonus if s.known else 1.0) * (named_bonus if s.pid in said else 1.0)
         for s in ranked
     }
-    chosen = pick(weights, {s.pid for s in ranked if s.known})
+    chosen = pick(weights, {s.pid for s in ranked if s.known}, dominance=math.inf)
     return next((s for s in ranked if s.pid == chosen), None)
 
 
