@@ -4,11 +4,16 @@ import contextlib
 import importlib.util
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from services.face.settings import FaceModelSettings
+
+# insightface's face_align calls a scikit-image method deprecated in 0.26, on every face: a
+# warning in each log that a user can do nothing about.
+warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=FutureWarning)
 
 log = logging.getLogger(__name__)
 
