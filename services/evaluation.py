@@ -14,7 +14,7 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from services.face.settings import FaceModelSettings
 from services.memory.grounding import said, words
 from services.memory.handler import MemoryHandler
 from services.memory.settings import EncounterSettings, MemorySettings
+from services.pagewatch import PageWatch, Shown
 from services.transcriber.context import SessionContext
 from services.transcriber.handler import TranscriberHandler
 from services.transcriber.model import WhisperSpeechModel
@@ -72,6 +73,8 @@ class Shot(BaseModel):
     face: int | None = None
     """Cut out this face of the photo (0 is the leftmost), enlarged: another photo of that person."""
     flip: bool = False
+    pixels: int | None = Field(None, ge=16)
+    """Seen far off: the picture shrunk to this many pixels across and blown up again."""
 
 
 class Expect(BaseModel):
@@ -152,6 +155,9 @@ def render(shot: Shot, pack: FacePackModel) -> np.ndarray:
         pad = (x2 - x1) // 2
         crop = picture[max(y1 - pad, 0) : y2 + pad, max(x1 - pad, 0) : x2 + pad]
         picture = cv2.resize(crop, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    if shot.pixels:
+        h, w = picture.shape[:2]
+        picture = cv2.resize(cv2.resize(picture, (shot.pixels, max(1, shot.pixels * h // w))), (w, h))
     return cv2.flip(picture, 1) if shot.flip else picture
 
 
@@ -170,9 +176,11 @@ class Evaluation:
     """Plays scenes through the stages and scores them."""
 
     def __init__(
-        self, client: redis.Redis, settings: ServiceSettings, root: Path, realtime: bool, context: bool = True
-    ) -> None:
+        self, client: redis.Redis, settings: ServiceSettings, root: Path, realtime: bool,
+        context: bool = True, page: PageWatch | None = None,
+    ) -> None:  # fmt: skip
         self.redis = client
+        self.page = page
         self.settings = settings
         self.root = root
         self.realtime = realtime
@@ -225,6 +233,7 @@ class Evaluation:
         """Replay one scene through every stage and score what came out."""
         wav, _ = self.write(scene, self.root / f"{index:02d}-{scene.name}")
         before = {s: self.redis.xlen(s) for s in ("recalls", "encounters", "transcripts", "frames")}
+        started = time.time()
         persons = {p.id for p in self.memory.admin.list()}
         capture = CaptureSettings(redis_url=self.settings.redis_url, session=f"eval-{index}-{scene.name}")
         capture.frames = capture.frames.model_copy(update={"source": str(wav.parent / "frames")})
@@ -237,7 +246,7 @@ class Evaluation:
         self._run_stages()
         time.sleep(GAP_S + 0.2)  # the scene's conversation goes quiet
         self._run_stages()
-        return self.score(scene, before, persons)
+        return self.score(scene, before, persons, started)
 
     @contextmanager
     def _live_stages(self) -> Iterator[None]:
@@ -278,9 +287,9 @@ class Evaluation:
     def _new(self, stream: str, since: int) -> list[dict[bytes, bytes]]:
         return [f for _, f in self.redis.xrange(stream)][since:]
 
-    def score(self, scene: Scene, before: dict[str, int], persons: set[str]) -> Score:
+    def score(self, scene: Scene, before: dict[str, int], persons: set[str], started: float) -> Score:
         out = Score(scene.name)
-        cards = [RecallMessage.from_fields(f) for f in self._new("recalls", before["recalls"])]
+        cards = self._shown(before["recalls"], started)
         encounters = [EncounterMessage.from_fields(f) for f in self._new("encounters", before["encounters"])]
         heard = " ".join(
             TranscriptMessage.from_fields(f).text for f in self._new("transcripts", before["transcripts"])
@@ -304,17 +313,27 @@ class Evaluation:
         facts = " ".join(f.text for f in stored.facts) if stored else ""
         out.facts = (sum(said(f, words(facts), contiguous=False) for f in expect.facts), len(expect.facts))
         frames = [FrameMessage.from_fields(f) for f in self._new("frames", before["frames"])]
-        right = [c for c in cards if self.labels.get(expect.card or "") == c.person_id]
-        if self.realtime and frames and right:
-            out.s_to_card = right[0].t - frames[0].t + self._card_delay(right[0])
+        right = [c for c in cards if self.labels.get(expect.card or "") == c.person]
+        if self.realtime and frames and right:  # capture's clock is the wall clock the page uses
+            out.s_to_card = right[0].t - frames[0].t
         return out
 
-    def _card_delay(self, card: RecallMessage) -> float:
-        """Seconds from the face's frame being taken to its card being written (entry id time)."""
-        for entry_id, fields in self.redis.xrange("recalls"):
-            if fields.get(b"recall_id") == card.recall_id.encode():
-                return int(entry_id.split(b"-")[0]) / 1000 - card.t
-        return 0.0
+    def _shown(self, since_entry: int, started: float) -> list[Shown]:
+        """What the overlay showed during the scene: each card that came on screen, once, from the
+        page in Chromium when there is one, else from the ``recalls`` stream (when written)."""
+        if self.page is None:
+            return [
+                Shown(int(eid.split(b"-")[0]) / 1000, c.person_id, True, c.summary)
+                for eid, f in self.redis.xrange("recalls")[since_entry:]
+                for c in [RecallMessage.from_fields(f)]
+            ]
+        time.sleep(0.5)  # the page's event stream polls Redis every 100 ms
+        shown, last = [], ("", False)
+        for change in self.page.cards(since=started):
+            if (change.person, change.shown) != last and change.shown and change.person:
+                shown.append(change)
+            last = (change.person, change.shown)
+        return shown
 
     def _attribution(self, label: str, encounters: list[EncounterMessage], out: Score) -> float:
         if not encounters:
@@ -331,18 +350,21 @@ class Evaluation:
             out.notes.append(f"encounter went to {pid}, expected {label}")
         return float(right)
 
-    def _identity(self, expect: Expect, cards: list[RecallMessage], out: Score) -> float:
-        wrong = [c for c in cards if c.person_id in {self.labels.get(n) for n in expect.not_card}]
+    def _identity(self, expect: Expect, cards: list[Shown], out: Score) -> float:
+        wrong = [c for c in cards if c.person in {self.labels.get(n) for n in expect.not_card}]
         if expect.card is None:
             return 0.0 if wrong else 1.0
         if not cards:
             out.notes.append("no card shown")
             return 0.0
-        pid = self.labels.get(expect.card) or cards[-1].person_id  # a first meeting: the card's person
+        pid = self.labels.get(expect.card) or cards[-1].person  # a first meeting: the card's person
         self.labels.setdefault(expect.card, pid)
-        shown = [c.person_id == pid for c in cards]
+        shown = [c.person == pid for c in cards]
         if not all(shown):
-            out.notes.append(f"{shown.count(False)} of {len(cards)} cards showed someone else")
+            first = next(c for c in cards if c.person != pid)
+            out.notes.append(
+                f"{shown.count(False)} of {len(cards)} cards showed someone else (first: {first.text[:60]!r})"
+            )
         return sum(shown) / len(shown) * (0.0 if wrong else 1.0)
 
     @staticmethod
@@ -392,12 +414,14 @@ def private_stack() -> Iterator[tuple[redis.Redis, ServiceSettings, Path]]:
         yield redis.Redis.from_url(server.url), settings, Path(tmp)
 
 
-def evaluate(folder: Path, realtime: bool = False, context: bool = True) -> Scorecard:
-    """Play every scene of ``folder`` in order on a private stack and score them; ``context``:
-    the transcriber gets the names of the people in view as hotwords (the stack's default)."""
+def evaluate(folder: Path, realtime: bool = False, context: bool = True, page: bool = True) -> Scorecard:
+    """Play every scene of ``folder`` in order on a private stack and score them. ``context``: the
+    transcriber gets the names of the people in view as hotwords (the stack's default). ``page``:
+    identity and time to card are read from the overlay page in headless Chromium."""
     scenes = load_scenes(folder)
     if not scenes:
         raise ValueError(f"no scenes (*.yaml) in {folder}")
-    with private_stack() as (client, settings, root):
-        run = Evaluation(client, settings, root, realtime, context)
+    with private_stack() as (client, settings, root), ExitStack() as stack:
+        watch = stack.enter_context(PageWatch(settings.redis_url)) if page else None
+        run = Evaluation(client, settings, root, realtime, context, watch)
         return Scorecard([run.play(scene, i) for i, scene in enumerate(scenes)])
