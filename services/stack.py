@@ -17,13 +17,13 @@ from rich.console import Console
 from services.logfiles import Follower
 from shared import acl
 from shared.redis_server import RedisServer
-from shared.runtime import connect
+from shared.runtime import STATE_DIR, connect
 from shared.schemas import EncounterMessage, RecallMessage, TranscriptMessage
 from shared.settings import ServiceSettings
 from shared.streams import heartbeat_key
 
 REPO = Path(__file__).resolve().parents[1]
-STATE = Path(os.environ.get("CONVO_STATE_DIR", REPO / ".convo"))
+STATE = STATE_DIR
 LOGS = STATE / "logs"
 console = Console(highlight=False)
 # supervisord's backoff: a service that dies within START_S of starting waits 1 s, 2 s, 3 s...
@@ -50,6 +50,7 @@ def ensure_redis(settings: ServiceSettings) -> tuple[RedisServer | None, Path | 
             break
     port = redis.connection.parse_url(settings.redis_url).get("port", 6380)
     server = RedisServer(STATE / "redis", port=port, acl_dir=acl_dir).start()
+    (STATE / "redis.url").write_text(settings.redis_url)  # for services started by hand beside it
     console.print(
         f"started redis-server on {server.url} (data in .convo/redis; one user per service, "
         f"`redis-cli -p {port} --user admin --pass $(cat {acl_dir}/admin.pass)` to look inside)"

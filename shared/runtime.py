@@ -23,17 +23,20 @@ from shared.streams import heartbeat_key
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=ServiceSettings)
-LOCAL_ACL = Path(__file__).resolve().parents[1] / ".convo" / "acl"
+STATE_DIR = Path(os.environ.get("CONVO_STATE_DIR", Path(__file__).resolve().parents[1] / ".convo"))
+"""The local stack's own files: its Redis, users, logs and supervisord (``convo up``)."""
+LOCAL_ACL = STATE_DIR / "acl"
 """Where ``convo up`` keeps the local stack's users."""
 
 
 def local_login(settings: S) -> S:
-    """On the local stack's default Redis, log in with the users ``convo up`` made."""
-    if (
-        settings.acl_dir is None
-        and "CONVO_REDIS_URL" not in os.environ
-        and (LOCAL_ACL / "admin.pass").exists()
-    ):
+    """On the local stack's Redis, log in with the users ``convo up`` made: a service or command
+    started by hand beside it needs no ``CONVO_ACL_DIR``. The stack is the one at the URL
+    ``convo up`` noted (``.convo/redis.url``), or by default the default URL."""
+    noted = LOCAL_ACL.parent / "redis.url"
+    stack_url = noted.read_text().strip() if noted.exists() else None
+    on_stack = settings.redis_url == stack_url or (stack_url is None and "CONVO_REDIS_URL" not in os.environ)
+    if settings.acl_dir is None and on_stack and (LOCAL_ACL / "admin.pass").exists():
         return settings.model_copy(update={"acl_dir": LOCAL_ACL})
     return settings
 
@@ -122,7 +125,7 @@ def stage_app(
         check: bool = typer.Option(False, "--check", help="Exit 0 if a live consumer runs on this host."),
         burst: bool = typer.Option(False, "--burst", help="Exit 0 once the input streams are drained."),
     ) -> None:
-        settings = settings_type()
+        settings = local_login(settings_type())  # started by hand beside `convo up`: its users
         raise typer.Exit(serve(settings, group, lambda: build(settings), check, burst))
 
     return app

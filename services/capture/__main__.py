@@ -12,7 +12,7 @@ from services.capture.sources import SourceError, list_mics
 from shared.logs import configure_logging
 from shared.publisher import Publisher
 from shared.runtime import check as health_check
-from shared.runtime import connect
+from shared.runtime import connect, local_login
 
 app = typer.Typer(add_completion=False)
 
@@ -30,7 +30,7 @@ def main(
     devices: bool = typer.Option(False, "--devices", help="List microphones and exit."),
     check: bool = typer.Option(False, "--check", help="Exit 0 if capture is alive on this host."),
 ) -> None:
-    settings = CaptureSettings()
+    settings = local_login(CaptureSettings())
     overrides = {"source": audio, "realtime": realtime}
     settings.audio = settings.audio.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if frames is not None:

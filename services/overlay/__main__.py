@@ -11,7 +11,7 @@ import uvicorn
 from services.overlay.app import create_app, ensure_admin_token
 from services.overlay.settings import OverlaySettings
 from shared.logs import configure_logging
-from shared.runtime import connect
+from shared.runtime import connect, local_login
 
 log = logging.getLogger("services.overlay")
 
@@ -19,7 +19,7 @@ log = logging.getLogger("services.overlay")
 def main(
     check: bool = typer.Option(False, "--check", help="Exit 0 if the server on this host answers /healthz."),
 ) -> None:
-    settings = OverlaySettings()
+    settings = local_login(OverlaySettings())
     configure_logging(settings.log_level, settings.log_format)
     web = settings.overlay
     local = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host

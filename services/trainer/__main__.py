@@ -5,7 +5,7 @@ import typer
 from services.trainer.handler import TrainerHandler
 from services.trainer.settings import TrainerSettings
 from shared.logs import configure_logging
-from shared.runtime import Stage, connect, serve
+from shared.runtime import Stage, connect, local_login, serve
 from shared.schemas import EncounterMessage
 from shared.streams import Groups
 
@@ -21,7 +21,7 @@ def main(
     """Read ``encounters`` into the dataset, and start a job when enough new rows have come."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = TrainerSettings()
+    settings = local_login(TrainerSettings())
 
     def build() -> Stage:
         handler = TrainerHandler(connect(settings, Groups.TRAINER), settings)
@@ -33,7 +33,7 @@ def main(
 @app.command()
 def train() -> None:
     """Run one training job now (what the service starts when enough rows have come)."""
-    settings = TrainerSettings()
+    settings = local_login(TrainerSettings())
     configure_logging(settings.log_level, settings.log_format)
     from services.trainer.cli import run_training
 

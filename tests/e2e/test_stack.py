@@ -123,3 +123,31 @@ def test_local_stack_restarts_a_killed_service(redis_server: RedisServer, tmp_pa
     assert "restarting it" in output, output[-3000:]
     for pid in pids("face") | pids("memory") | memory:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
+
+
+def test_services_started_by_hand_find_the_local_stack_users(tmp_path: Path) -> None:
+    """README's "Running the pieces yourself" beside `make run`: a service started by hand logs in
+    as its own user of the local stack, with no CONVO_ACL_DIR (it retried "Authentication
+    required" forever before)."""
+    from shared import acl
+    from shared.settings import ServiceSettings
+    from tests.speech import SARAH, speech, write_wav
+
+    state, port = tmp_path / "state", free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    acl.write(ServiceSettings(redis_url=url), state / "acl")
+    (state / "redis.url").write_text(url)  # as `convo up` notes the stack it started
+    meeting = write_wav(tmp_path / "meeting.wav", speech(SARAH, tmp_path))
+    with RedisServer(tmp_path / "redis", port=port, acl_dir=state / "acl") as server:
+        env = {**os.environ, "CONVO_STATE_DIR": str(state), "CONVO_REDIS_URL": url}
+        env.pop("CONVO_ACL_DIR", None)
+        for command in (["services.capture", "--audio", str(meeting)], ["services.memory", "--burst"]):
+            done = subprocess.run(
+                [sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "Authentication required" not in done.stderr
+        admin = server.client()
+        assert admin.xlen("audio:segments") == 1
+        groups = {g["name"]: g for g in admin.xinfo_groups("transcripts")}
+        assert b"memory" in groups, "memory logged in and made its group"
