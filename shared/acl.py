@@ -21,6 +21,7 @@ from shared.schemas import (
     RecallMessage,
     StreamMessage,
     TranscriptMessage,
+    VoiceMessage,
 )
 from shared.settings import ServiceSettings
 from shared.streams import ADMIN_TOKEN_KEY, KEY_PREFIX, MemoryKeys, TrainerKeys, done_key, heartbeat_key
@@ -88,6 +89,7 @@ GRANTS = (
         read_keys=(MemoryKeys.context("*"),),  # hotwords: the names of the people in view
     ),
     Grant("face", consumes=(FrameMessage,), produces=(FaceMessage,)),
+    Grant("voice", consumes=(AudioSegmentMessage,), produces=(VoiceMessage,)),
     Grant(
         "memory", consumes=(TranscriptMessage, FaceMessage), produces=(RecallMessage, EncounterMessage),
         # it waits for the transcriber's backlog before it ends a conversation

@@ -16,6 +16,7 @@ Text = Annotated[str, Field(max_length=100_000)]
 Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 EMBEDDING_DIM = 512
+VOICE_DIM = 256
 
 
 class BadMessageError(ValueError):
@@ -193,6 +194,26 @@ class FaceMessage(StreamMessage):
         return embedding_from_bytes(self.embedding)
 
 
+class VoiceMessage(StreamMessage):
+    """Who is speaking in one speech segment: a normed float32 speaker embedding (GE2E, 256-d)."""
+
+    STREAM = "voices"
+    KEY = "segment_id"
+
+    segment_id: Id
+    session: Id
+    t_start: float
+    t_end: float
+    embedding: bytes
+    speech_s: Annotated[float, Field(ge=0.0, le=3600.0)]
+    """Seconds of voiced audio the embedding was taken from (short ones are less sure)."""
+    model: Annotated[str, Field(max_length=200)]
+
+    def vector(self) -> np.ndarray:
+        """The embedding as a float32 array; raises :class:`BadMessageError` if it is unusable."""
+        return embedding_from_bytes(self.embedding, VOICE_DIM)
+
+
 class RecallMessage(StreamMessage):
     """Who is in front of the wearer now: one card for the overlay."""
 
@@ -271,6 +292,7 @@ MESSAGE_TYPES: dict[str, type[StreamMessage]] = {
         FrameMessage,
         TranscriptMessage,
         FaceMessage,
+        VoiceMessage,
         RecallMessage,
         EncounterMessage,
         AdapterMessage,

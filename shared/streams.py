@@ -22,6 +22,8 @@ class StreamNames(BaseModel):
     """Text of each speech segment, from the transcriber."""
     faces: str = "faces"
     """One entry per detected face, from the face service."""
+    voices: str = "voices"
+    """One speaker embedding per speech segment, from the voice service."""
     recalls: str = "recalls"
     """Recall cards for the overlay, from memory."""
     encounters: str = "encounters"
@@ -47,6 +49,8 @@ class StreamCaps(BaseModel):
     """Text only."""
     faces: int = 100_000
     """A 2 KB embedding plus a small thumbnail each."""
+    voices: int = 100_000
+    """A 1 KB embedding each."""
     recalls: int = 10_000
     """Cards shown on the overlay."""
     encounters: int = 100_000
@@ -66,6 +70,7 @@ class Groups:
 
     TRANSCRIBER = "transcriber"
     FACE = "face"
+    VOICE = "voice"
     MEMORY = "memory"
     OVERLAY = "overlay"
     TRAINER = "trainer"

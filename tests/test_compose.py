@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).parents[1]
-SCALABLE = ["transcriber", "face", "memory"]
-GPU = ["transcriber", "face", "trainer"]
+SCALABLE = ["transcriber", "face", "voice", "memory"]
+GPU = ["transcriber", "face", "voice", "trainer"]
 
 
 def compose_command() -> list[str]:

@@ -10,32 +10,13 @@ from prometheus_client import Counter
 
 from services.transcriber.model import Transcription, WhisperSpeechModel
 from services.transcriber.settings import WhisperSettings
+from shared.audio import pcm_to_float
 from shared.consumer import BatchedHandler
 from shared.schemas import AudioSegmentMessage, BadMessageError, TranscriptMessage
 
 log = logging.getLogger(__name__)
 
 DROPPED = Counter("convo_transcriber_dropped_total", "Segments that gave no transcript", ["reason"])
-
-
-def pcm_to_float(msg: AudioSegmentMessage, settings: WhisperSettings) -> np.ndarray:
-    """Check a segment against the contract and return its samples as float32 in [-1, 1]."""
-    if msg.sample_rate != settings.sample_rate:
-        raise BadMessageError(
-            f"segment {msg.segment_id}: sample rate {msg.sample_rate} Hz, expected {settings.sample_rate} Hz"
-        )
-    if not msg.audio:
-        raise BadMessageError(f"segment {msg.segment_id}: audio is empty")
-    if len(msg.audio) % 2:
-        raise BadMessageError(f"segment {msg.segment_id}: {len(msg.audio)} bytes is not whole s16le samples")
-    seconds = len(msg.audio) / 2 / msg.sample_rate
-    if seconds > settings.max_segment_s:
-        raise BadMessageError(
-            f"segment {msg.segment_id}: {seconds:.1f} s, over the {settings.max_segment_s} s limit"
-        )
-    if msg.t_end < msg.t_start:
-        raise BadMessageError(f"segment {msg.segment_id}: t_end {msg.t_end} is before t_start {msg.t_start}")
-    return np.frombuffer(msg.audio, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def words(text: str) -> str:
@@ -82,7 +63,8 @@ class TranscriberHandler(BatchedHandler):
         good: list[tuple[int, AudioSegmentMessage, np.ndarray]] = []
         for i, msg in enumerate(msgs):
             try:
-                good.append((i, msg, pcm_to_float(msg, self.settings)))
+                audio = pcm_to_float(msg, self.settings.sample_rate, self.settings.max_segment_s)
+                good.append((i, msg, audio))
                 results.append([])
             except BadMessageError as exc:
                 results.append(exc)
