@@ -12,6 +12,7 @@ from rich.table import Table
 from services.memory import cli as memory_cli
 from services.memory.cli import app as person_app
 from services.trainer import cli as trainer_cli
+from services.voice.cli import app as wearer_app
 from shared.acl import ADMIN
 from shared.runtime import admin_client
 from shared.schemas import MESSAGE_TYPES
@@ -21,6 +22,7 @@ app = typer.Typer(help="Conversationalist: streams, dead letters and the local s
 dlq_app = typer.Typer(help="Dead letters: entries that could not be handled.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(person_app, name="person")
+app.add_typer(wearer_app, name="wearer")
 app.command()(memory_cli.calibrate)
 for command in (trainer_cli.export, trainer_cli.train, trainer_cli.adapters):
     app.command()(command)

@@ -49,7 +49,7 @@ RECORDS = ("@hash", "@set", "@sortedset", "@string", "@stream", "@keyspace", "@s
 MEMORY_KEYS = (
     MemoryKeys.PERSONS, f"{MemoryKeys.PERSONS}:*", f"{KEY_PREFIX}:person:*", f"{KEY_PREFIX}:encounter:*",
     f"{KEY_PREFIX}:frame:*", MemoryKeys.SESSIONS, f"{KEY_PREFIX}:session:*", f"{KEY_PREFIX}:sessions:*",
-    MemoryKeys.NEW_PERSON_LOCK, f"{KEY_PREFIX}:lock:session:*",
+    MemoryKeys.NEW_PERSON_LOCK, f"{KEY_PREFIX}:lock:session:*", MemoryKeys.WEARER_VOICE,
 )  # fmt: skip
 
 
@@ -91,7 +91,8 @@ GRANTS = (
     Grant("face", consumes=(FrameMessage,), produces=(FaceMessage,)),
     Grant("voice", consumes=(AudioSegmentMessage,), produces=(VoiceMessage,)),
     Grant(
-        "memory", consumes=(TranscriptMessage, FaceMessage), produces=(RecallMessage, EncounterMessage),
+        "memory", consumes=(TranscriptMessage, FaceMessage, VoiceMessage),
+        produces=(RecallMessage, EncounterMessage),
         # it waits for the transcriber's backlog before it ends a conversation
         follows=(AdapterMessage,), watches=(AudioSegmentMessage,), keys=MEMORY_KEYS,
         read_keys=(f"{KEY_PREFIX}:trainer:*",),

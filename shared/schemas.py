@@ -268,6 +268,9 @@ class EncounterMessage(StreamMessage):
     open_threads: Annotated[list[str], Field(max_length=20)] = []
     backend: Annotated[str, Field(max_length=50)] = ""
     """Which extraction backend read the conversation: rules, anthropic or local."""
+    lines: Annotated[list[dict[str, str]], Field(max_length=10_000)] = []
+    """Each segment in order: ``segment_id``, ``speaker`` (``me``: the wearer's enrolled voice,
+    ``them``: another voice, ``""``: no voice known) and ``text``."""
 
 
 class AdapterMessage(StreamMessage):

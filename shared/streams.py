@@ -104,6 +104,7 @@ class MemoryKeys:
     CANDIDATES = f"{KEY_PREFIX}:persons:candidates"  # ZSET: faces not yet persons, by when they expire
     LABELS = f"{KEY_PREFIX}:persons:labels"  # HASH "a|b" -> JSON {same, score}: the wearer's answers
     NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
+    WEARER_VOICE = f"{KEY_PREFIX}:wearer:voice"  # HASH view id -> float32 voice embedding (enrolled)
 
     @staticmethod
     def person(pid: str) -> str:
@@ -159,6 +160,11 @@ class MemoryKeys:
     def card(session: str) -> str:
         """HASH pid, t: whose card the session's overlay shows, and since when."""
         return f"{KEY_PREFIX}:session:{session}:card"
+
+    @staticmethod
+    def speakers(session: str) -> str:
+        """HASH segment id -> JSON {speaker: me|them, score}: who said each segment, by voice."""
+        return f"{KEY_PREFIX}:session:{session}:speakers"
 
     @staticmethod
     def speaking(session: str) -> str:

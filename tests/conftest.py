@@ -12,6 +12,8 @@ from services.face.model import FacePackModel
 from services.face.settings import FaceModelSettings
 from services.memory.person_store import PersonStore
 from services.memory.settings import MatchSettings
+from services.voice.model import VoiceEncoderModel
+from services.voice.settings import VoiceModelSettings
 from shared.redis_server import RedisServer
 from shared.settings import ConsumerSettings, ServiceSettings
 
@@ -80,3 +82,17 @@ def embeddings(face_pack: FacePackModel) -> dict[str, np.ndarray]:
     for i, face in enumerate(handler(frame(photo("t1")))):
         out[f"t1-{i}"] = face.vector()
     return out
+
+
+@pytest.fixture(scope="session")
+def voice_model() -> VoiceEncoderModel:
+    """resemblyzer's GE2E encoder, from the weights in its wheel."""
+    return VoiceEncoderModel(VoiceModelSettings()).load()
+
+
+@pytest.fixture(scope="session")
+def readers() -> dict[str, list[tuple[np.ndarray, str]]]:
+    """Two real speakers (pocketsphinx-testdata): a LibriVox reader and a card reader."""
+    from services.voice.samples import recorded
+
+    return recorded()

@@ -1,17 +1,22 @@
-"""``python -m services.memory [--check] [--burst]``: faces and transcripts into person memory."""
+"""``python -m services.memory [--check] [--burst]``: faces, transcripts and voices into person memory."""
 
 from services.memory.extract import build_extractor
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
 from shared.runtime import Stage, connect, stage_app
-from shared.schemas import FaceMessage, TranscriptMessage
+from shared.schemas import FaceMessage, TranscriptMessage, VoiceMessage
 from shared.streams import Groups
 
 
 def build(settings: MemorySettings) -> Stage:
     client = connect(settings, Groups.MEMORY)
     handler = MemoryHandler(client, settings, build_extractor(settings, client))
-    return Stage({FaceMessage: handler.on_face, TranscriptMessage: handler.on_transcript}, ticker=handler)
+    handlers = {
+        FaceMessage: handler.on_face,
+        TranscriptMessage: handler.on_transcript,
+        VoiceMessage: handler.on_voice,
+    }
+    return Stage(handlers, ticker=handler)
 
 
 app = stage_app(MemorySettings, Groups.MEMORY, build)

@@ -115,6 +115,9 @@ class OpenState:
     """Oldest first (by speech time): id, t_start, t_end, text, at (when it was handled)."""
 
 
+SPEAKERS_TTL_S = 7 * 86400
+
+
 @dataclass(frozen=True)
 class Closing:
     """An ended conversation waiting to be written as an encounter."""
@@ -149,6 +152,22 @@ class Conversations:
         """The Redis server's clock, the one stream entry ids and these states are stamped with."""
         seconds, micros = self.redis.time()
         return seconds + micros / 1e6
+
+    def voice(self, session: str, segment_id: str, speaker: str, score: float) -> None:
+        """Who said a segment, by voice (``me``/``them``); kept a week, as long as any conversation
+        of the session could still be waiting to be written."""
+        key = MemoryKeys.speakers(session)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, segment_id, json.dumps({"speaker": speaker, "score": round(score, 4)}))
+            pipe.expire(key, SPEAKERS_TTL_S)
+            pipe.execute()
+
+    def speakers(self, session: str, segment_ids: Sequence[str]) -> list[str]:
+        """``me``, ``them`` or ``""`` (no voice known) for each segment."""
+        if not segment_ids:
+            return []
+        raw = self.redis.hmget(MemoryKeys.speakers(session), list(segment_ids))
+        return [json.loads(r)["speaker"] if r else "" for r in raw]
 
     def speaking(self, session: str) -> bool:
         """Whether capture is still cutting an utterance of the session (its speaking mark)."""

@@ -11,13 +11,14 @@ from prometheus_client import Counter
 
 from services.memory.admin import PersonAdmin
 from services.memory.conversations import Closing, Conversations
-from services.memory.extract import Extractor, RulesExtractor
+from services.memory.extract import Extraction, Extractor, RulesExtractor, intentions
 from services.memory.grounding import grounded
 from services.memory.person_store import PersonStore
 from services.memory.recall import encounter_summary
 from services.memory.records import Person
 from services.memory.settings import MemorySettings
 from services.memory.view import Sighting, Views, evidence, named, pick, rank, subject
+from services.memory.wearer import ME, Wearer
 from shared.schemas import (
     BadMessageError,
     EncounterMessage,
@@ -25,6 +26,7 @@ from shared.schemas import (
     RecallMessage,
     StreamMessage,
     TranscriptMessage,
+    VoiceMessage,
 )
 from shared.streams import Groups
 
@@ -67,6 +69,7 @@ class MemoryHandler:
         self.conversations = Conversations(client)
         self.views = Views(client)
         self.admin = PersonAdmin(self.store, settings.streams, settings.dataset)
+        self.wearer = Wearer(client, settings.voice_match.wearer_threshold)
         self.every_s = settings.encounter.tick_s
 
     def _known_session(self, session: str) -> None:
@@ -182,6 +185,18 @@ class MemoryHandler:
         self.conversations.heard(msg.session, segment)
         return self._introduction(msg)
 
+    # -- voices ----------------------------------------------------------------------------
+
+    def on_voice(self, msg: VoiceMessage) -> list[RecallMessage]:
+        """Who said a segment: the wearer (``me``) when it is their enrolled voice, else ``them``."""
+        vector = msg.vector()
+        self._known_session(msg.session)
+        self._check_time(f"voice {msg.segment_id}", msg.t_start, msg.t_end)
+        speaker, score = self.wearer.speaker(vector)
+        if speaker:
+            self.conversations.voice(msg.session, msg.segment_id, speaker, score)
+        return []
+
     def _introduction(self, msg: TranscriptMessage) -> list[RecallMessage]:
         """Names heard are evidence. A known person in view who is named aloud is the one talked to;
         a self-introduction names the interlocutor at once, on the live card."""
@@ -194,6 +209,8 @@ class MemoryHandler:
         now = max(msg.t_end, shown.t if shown else msg.t_end)  # frames may be ahead of the speech
         if any(named(p.name, [msg.text]) for p in self._known_in_view(ranked).values()):
             return self._card(msg.session, now, msg.segment_id)
+        if self.conversations.speakers(msg.session, [msg.segment_id]) == [ME]:
+            return []  # the wearer introducing themselves
         intro = grounded(RulesExtractor().extract(msg.text, self.store.wearer), msg.text)
         if not intro.name or not self.store.repo.introduce(ranked[0].pid, intro.name, intro.company):
             return []
@@ -258,11 +275,18 @@ class MemoryHandler:
         before one handled at ``since`` is here."""
         check = self.conversations.now()
         streams = self.settings.streams
-        audio = self.conversations.oldest_unfinished(streams.audio_segments, Groups.TRANSCRIBER)
-        if audio is not None and audio <= since:
-            return False
-        heard = self.conversations.oldest_unfinished(streams.transcripts, Groups.MEMORY)
-        return heard is None or heard > check
+        for stream, group in (
+            (streams.audio_segments, Groups.TRANSCRIBER),
+            (streams.audio_segments, Groups.VOICE),
+        ):
+            waiting = self.conversations.oldest_unfinished(stream, group)
+            if waiting is not None and waiting <= since:
+                return False
+        for stream in (streams.transcripts, streams.voices):
+            heard = self.conversations.oldest_unfinished(stream, Groups.MEMORY)
+            if heard is not None and heard <= check:
+                return False
+        return True
 
     def _write_isolated(self, c: Closing) -> list[EncounterMessage]:
         """One ended conversation that cannot be written must not hold up the others: it is tried
@@ -309,13 +333,14 @@ class MemoryHandler:
             self.conversations.discard(c.id)
             return []
         texts = [s["text"] for s in c.segments]
+        speakers = self.conversations.speakers(c.session, [s["id"] for s in c.segments])
         profiles = {p: self.store.profile(p) for p in people}
         bonus = self.settings.view.named_bonus
         weights = {p: w * (bonus if named(profiles[p].name, texts) else 1.0) for p, w in people.items()}
         pid = pick(weights, {p for p, person in profiles.items() if person.known})
         assert pid is not None
         transcript = " ".join(texts)
-        extraction = grounded(self.store.extractor.extract(transcript, self.store.wearer), transcript)
+        extraction = self._extract(texts, speakers)
         summary = encounter_summary(profiles[pid], extraction)
         extraction = extraction.model_copy(update={"summary": summary})
         t_end = max(s["t_end"] for s in c.segments)
@@ -339,5 +364,29 @@ class MemoryHandler:
                 name=extraction.name or "", company=extraction.company or "", role=extraction.role or "",
                 place=extraction.place or "", topics=extraction.topics[:20],
                 open_threads=extraction.open_threads[:20], backend=extraction.backend,
+                lines=[
+                    {"segment_id": seg["id"], "speaker": who, "text": seg["text"]}
+                    for seg, who in zip(c.segments, speakers, strict=True)
+                ],
             )
         ]  # fmt: skip
+
+    def _extract(self, texts: list[str], speakers: list[str]) -> Extraction:
+        """What the conversation says about the other person. Once the wearer's voice marks their
+        own lines, the person's facts come only from the other lines, and the wearer's own
+        intentions ("I should send her the paper") become open threads."""
+        transcript = " ".join(texts)
+        if ME not in speakers:
+            return grounded(self.store.extractor.extract(transcript, self.store.wearer), transcript)
+        theirs = " ".join(t for t, who in zip(texts, speakers, strict=True) if who != ME)
+        mine = " ".join(t for t, who in zip(texts, speakers, strict=True) if who == ME)
+        extraction = (
+            grounded(self.store.extractor.extract(theirs, self.store.wearer), theirs)
+            if theirs
+            else Extraction()
+        )
+        threads = [
+            *extraction.open_threads,
+            *(t for t in intentions(mine) if t not in extraction.open_threads),
+        ]
+        return extraction.model_copy(update={"open_threads": threads[:20]})

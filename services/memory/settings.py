@@ -76,6 +76,18 @@ class ExtractSettings(SettingsGroup):
     """Retries of a failed or malformed answer before the rules backend takes over."""
 
 
+class VoiceMatchSettings(SettingsGroup):
+    """How a segment's voice (from the voice stage) is told to be the wearer's.
+
+    Measured with resemblyzer's GE2E on real recorded speech (docs/ARCHITECTURE.md, "Voice"):
+    against two enrolled sentences, the same reader's other sentences score 0.75-0.93, another
+    reader's at most 0.73.
+    """
+
+    wearer_threshold: float = Field(0.74, gt=0, lt=1)
+    """A segment whose voice scores at least this against an enrolled view is the wearer's."""
+
+
 class MemorySettings(ServiceSettings):
     """Settings of ``python -m services.memory``."""
 
@@ -85,6 +97,8 @@ class MemorySettings(ServiceSettings):
     """Face matching (``CONVO_MATCH__THRESHOLD=0.5``)."""
     view: ViewSettings = ViewSettings()
     """Cards and candidates (``CONVO_VIEW__VIEW_S=6``)."""
+    voice_match: VoiceMatchSettings = VoiceMatchSettings()
+    """The wearer's lines by voice (``CONVO_VOICE_MATCH__WEARER_THRESHOLD=0.74``)."""
     encounter: EncounterSettings = EncounterSettings()
     """Conversation assembly (``CONVO_ENCOUNTER__GAP_S=20``)."""
     extract: ExtractSettings = ExtractSettings()
