@@ -27,6 +27,12 @@ from shared.streams import done_key, heartbeat_key
 
 log = logging.getLogger(__name__)
 
+
+def done_id(group: str, msg: StreamMessage) -> str:
+    """The idempotency record of one input: its stream and its id, since two streams a group
+    reads may share ids (a segment's transcript and its voice both carry the segment id)."""
+    return done_key(group, f"{msg.STREAM}:{msg.key}")
+
 PROCESSED = Counter("convo_processed_total", "Entries handled and acked", ["stage", "stream"])
 FAILED = Counter("convo_failed_total", "Handler failures (left pending for a retry)", ["stage", "stream"])
 DEAD = Counter("convo_dead_lettered_total", "Entries moved to the dead-letter stream", ["stage", "stream"])
@@ -361,7 +367,7 @@ class Consumer:
         ]
         if not redelivered:
             return
-        keys = [done_key(self.group, e.msg.key) for e in redelivered]  # type: ignore[union-attr]
+        keys = [done_id(self.group, e.msg) for e in redelivered]  # type: ignore[arg-type]
         for entry, mark in zip(redelivered, self.redis.mget(keys), strict=True):
             if mark is not None:
                 entry.outcome = Outcome.DUPLICATE
@@ -432,7 +438,7 @@ class Consumer:
 
     def _commit_entries(self, entries: list[_Entry]) -> None:
         fresh = [e for e in entries if e.outcome is Outcome.DONE]
-        work = [(done_key(self.group, e.msg.key), e.outputs) for e in fresh]  # type: ignore[union-attr]
+        work = [(done_id(self.group, e.msg), e.outputs) for e in fresh]  # type: ignore[arg-type]
         letters = [
             ("", [(self.settings.streams.dlq, self.settings.caps.dlq, self._dead_letter(e))])
             for e in entries

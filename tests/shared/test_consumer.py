@@ -63,6 +63,30 @@ def test_same_message_twice_gives_one_output(r: redis.Redis, settings: ServiceSe
     assert sorted(recalls(r)) == ["seg-0", "seg-1", "seg-2"]
 
 
+def test_two_streams_may_share_ids(r: redis.Redis, settings: ServiceSettings) -> None:
+    """A segment's transcript and its voice carry the same segment id: both are handled, and
+    neither is taken for a repeat of the other."""
+    import numpy as np
+
+    from shared.schemas import RecallMessage, VoiceMessage, embedding_to_bytes
+
+    vector = np.zeros(256, np.float32)
+    vector[0] = 1.0
+    voice = VoiceMessage(
+        segment_id="seg-0", session="s", t_start=0.0, t_end=1.0, embedding=embedding_to_bytes(vector),
+        speech_s=1.0, model="test",
+    )  # fmt: skip
+    r.xadd("voices", voice.to_fields())
+    publish(r, 1)
+
+    def voiced(msg: VoiceMessage) -> list[RecallMessage]:
+        return [echo(transcript("voice-of-" + msg.segment_id))[0]]
+
+    stats = Consumer(r, settings, "echo", {TranscriptMessage: echo, VoiceMessage: voiced}).run(burst=True)
+    assert (stats.processed, stats.duplicates) == (2, 0)
+    assert sorted(recalls(r)) == ["seg-0", "seg-voice-of-seg-0"]
+
+
 def test_poison_reaches_dlq_while_others_flow(
     r: redis.Redis, settings: ServiceSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
