@@ -104,6 +104,8 @@ class MemoryKeys:
     CANDIDATES = f"{KEY_PREFIX}:persons:candidates"  # ZSET: faces not yet persons, by when they expire
     LABELS = f"{KEY_PREFIX}:persons:labels"  # HASH "a|b" -> JSON {same, score}: the wearer's answers
     NEW_PERSON_LOCK = f"{KEY_PREFIX}:lock:new-person"
+    VOICED = f"{KEY_PREFIX}:persons:voiced"  # SET of persons with voice views
+    VOICES_VERSION = f"{KEY_PREFIX}:persons:voices:version"  # counter: any person's voice views changed
     WEARER_VOICE = f"{KEY_PREFIX}:wearer:voice"  # HASH view id -> float32 voice embedding (enrolled)
 
     @staticmethod
@@ -115,6 +117,18 @@ class MemoryKeys:
     def faces(pid: str) -> str:
         """HASH view id -> float32 embedding: the person's capped set of views."""
         return f"{KEY_PREFIX}:person:{pid}:faces"
+
+    @staticmethod
+    def voices(pid: str) -> str:
+        """HASH view id (``<ms>-<segment>``) -> float32 voice embedding: how the person sounds,
+        from their own lines; capped like the face views."""
+        return f"{KEY_PREFIX}:person:{pid}:voices"
+
+    @staticmethod
+    def voiceprints(session: str) -> str:
+        """HASH segment id -> float32 voice embedding of the other person's lines, until the
+        conversation's encounter gives them to its person."""
+        return f"{KEY_PREFIX}:session:{session}:voiceprints"
 
     @staticmethod
     def facts(pid: str) -> str:

@@ -162,6 +162,25 @@ class Conversations:
             pipe.expire(key, SPEAKERS_TTL_S)
             pipe.execute()
 
+    def voiceprint(self, session: str, segment_id: str, vector: bytes) -> None:
+        """The other person's voice in a segment, kept until their conversation is written."""
+        key = MemoryKeys.voiceprints(session)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, segment_id, vector)
+            pipe.expire(key, SPEAKERS_TTL_S)
+            pipe.execute()
+
+    def take_voiceprints(self, session: str, segment_ids: Sequence[str]) -> dict[str, bytes]:
+        """The voiceprints of these segments, removed from the session's keeping."""
+        if not segment_ids:
+            return {}
+        key = MemoryKeys.voiceprints(session)
+        raw = self.redis.hmget(key, list(segment_ids))
+        found = {sid: data for sid, data in zip(segment_ids, raw, strict=True) if data}
+        if found:
+            self.redis.hdel(key, *found)
+        return found
+
     def speakers(self, session: str, segment_ids: Sequence[str]) -> list[str]:
         """``me``, ``them`` or ``""`` (no voice known) for each segment."""
         if not segment_ids:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import redis
 from prometheus_client import Counter
 
@@ -18,7 +19,8 @@ from services.memory.recall import encounter_summary
 from services.memory.records import Person
 from services.memory.settings import MemorySettings
 from services.memory.view import Sighting, Views, evidence, named, pick, rank, subject
-from services.memory.wearer import ME, Wearer
+from services.memory.voices import VoiceIndex
+from services.memory.wearer import ME, THEM, Wearer
 from shared.schemas import (
     BadMessageError,
     EncounterMessage,
@@ -50,6 +52,7 @@ def split(segments: Sequence[dict[str, Any]], gap_s: float) -> list[list[dict[st
 
 MATCHES = Counter("convo_memory_faces_total", "Faces by outcome", ["outcome"])
 ENCOUNTERS = Counter("convo_memory_encounters_total", "Conversations closed, by outcome", ["outcome"])
+VOICES = Counter("convo_memory_voices_total", "Other voices heard, by outcome", ["outcome"])
 
 
 class MemoryHandler:
@@ -70,6 +73,7 @@ class MemoryHandler:
         self.views = Views(client)
         self.admin = PersonAdmin(self.store, settings.streams, settings.dataset)
         self.wearer = Wearer(client, settings.voice_match.wearer_threshold)
+        self.voices = VoiceIndex(client, settings.voice_match)
         self.every_s = settings.encounter.tick_s
 
     def _known_session(self, session: str) -> None:
@@ -188,14 +192,40 @@ class MemoryHandler:
     # -- voices ----------------------------------------------------------------------------
 
     def on_voice(self, msg: VoiceMessage) -> list[RecallMessage]:
-        """Who said a segment: the wearer (``me``) when it is their enrolled voice, else ``them``."""
+        """Who said a segment: the wearer (``me``) when it is their enrolled voice, else ``them``;
+        and for ``them``, which known person it sounds like (see :meth:`_heard_voice`)."""
         vector = msg.vector()
         self._known_session(msg.session)
         self._check_time(f"voice {msg.segment_id}", msg.t_start, msg.t_end)
         speaker, score = self.wearer.speaker(vector)
         if speaker:
             self.conversations.voice(msg.session, msg.segment_id, speaker, score)
-        return []
+        if speaker != THEM or msg.speech_s < self.settings.voice_match.min_speech_s:
+            return []  # with no enrolled wearer, a voice could be the wearer's own
+        self.conversations.voiceprint(msg.session, msg.segment_id, msg.embedding)
+        pid, score = self.voices.match(vector)
+        VOICES.labels("match" if pid else "unknown").inc()
+        return self._heard_voice(msg, pid, score) if pid else []
+
+    def _heard_voice(self, msg: VoiceMessage, pid: str, score: float) -> list[RecallMessage]:
+        """A known person's voice. In view, it adds to their evidence (the face that speaks ranks
+        first in a group) and the conversation's. Out of view, their card says "by voice", unless
+        someone else known is in view: a face and a voice that disagree make no card."""
+        view = self.settings.view
+        weight = self.settings.voice_match.weight * view.known_bonus
+        ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
+        in_view = {s.pid for s in ranked}
+        others_known = set(self._known_in_view(ranked)) - {pid}
+        if pid not in in_view and others_known:
+            log.info(
+                "segment=%s voice=%s outcome=disagrees faces=%s", msg.segment_id, pid, sorted(others_known)
+            )
+            return []
+        self.conversations.seen(msg.session, pid, weight, msg.t_end)
+        self.views.see(msg.session, pid, msg.t_end, weight, True, view.view_s, score)
+        note = "" if pid in in_view else "by voice"
+        log.info("segment=%s person=%s outcome=voice score=%.2f %s", msg.segment_id, pid, score, note)
+        return self._card(msg.session, msg.t_end, msg.segment_id, note=note)
 
     def _introduction(self, msg: TranscriptMessage) -> list[RecallMessage]:
         """Names heard are evidence. A known person in view who is named aloud is the one talked to;
@@ -348,6 +378,7 @@ class MemoryHandler:
             self.store.record_encounter(
                 pid, c.id, extraction, c.t_start, t_end, c.session, transcript, [s["id"] for s in c.segments]
             )
+        self._keep_voices(c, pid, speakers)
         ENCOUNTERS.labels("recorded").inc()
         log.info(
             "encounter=%s session=%s person=%s segments=%d outcome=recorded",
@@ -370,6 +401,21 @@ class MemoryHandler:
                 ],
             )
         ]  # fmt: skip
+
+    def _keep_voices(self, c: Closing, pid: str, speakers: list[str]) -> None:
+        """The other person's lines become their voice views, leaving out any voice that is
+        another known person's (someone else in the group spoke)."""
+        theirs = [s["id"] for s, who in zip(c.segments, speakers, strict=True) if who == THEM]
+        prints = self.conversations.take_voiceprints(c.session, theirs)
+        views = {
+            f"{int(s['t_start'] * 1000)}-{s['id']}": prints[s["id"]]
+            for s in c.segments
+            if s["id"] in prints
+            and self.voices.match(np.frombuffer(prints[s["id"]], "<f4"))[0] in (None, pid)
+        }
+        kept = self.store.repo.add_voices(pid, views, self.settings.voice_match.max_views)
+        if views:
+            log.info("person=%s voice views=%d (kept %d)", pid, len(views), kept)
 
     def _extract(self, texts: list[str], speakers: list[str]) -> Extraction:
         """What the conversation says about the other person. Once the wearer's voice marks their

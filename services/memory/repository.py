@@ -68,6 +68,19 @@ def view_id(t: float) -> str:
     return f"v{int(t * 1000):014d}-{uuid.uuid4().hex[:4]}"
 
 
+# KEYS: person, voices, VOICED, VOICES_VERSION. ARGV: pid, cap, then view id / embedding pairs.
+ADD_VOICES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local names = redis.call('HKEYS', KEYS[2])
+table.sort(names)
+for i = 1, #names - tonumber(ARGV[2]) do redis.call('HDEL', KEYS[2], names[i]) end
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('INCR', KEYS[4])
+return math.min(#names, tonumber(ARGV[2]))
+"""
+
+
 class PersonRepository:
     """Persons, their face views, facts and encounters."""
 
@@ -319,11 +332,15 @@ class PersonRepository:
         """``drop`` was ``keep`` all along: move its views, facts and encounters over."""
         a, b = self.get(keep), self.get(drop)
         views = self.redis.hgetall(MemoryKeys.faces(drop))
+        voices = self.redis.hgetall(MemoryKeys.voices(drop))
         facts = self.redis.hgetall(MemoryKeys.facts(drop))
         encounters = self.redis.zrange(MemoryKeys.encounters(drop), 0, -1, withscores=True)
         with self.redis.pipeline() as pipe:
             if views:
                 pipe.hset(MemoryKeys.faces(keep), mapping=views)
+            if voices:
+                pipe.hset(MemoryKeys.voices(keep), mapping=voices)
+                pipe.sadd(MemoryKeys.VOICED, keep)
             for key, value in facts.items():
                 pipe.hsetnx(MemoryKeys.facts(keep), key, value)
             for eid, score in encounters:
@@ -374,6 +391,15 @@ class PersonRepository:
         for key in self.redis.scan_iter(f"{KEY_PREFIX}:frame:*:persons"):
             self.redis.hdel(key, pid)
 
+    def add_voices(self, pid: str, views: dict[str, bytes], cap: int) -> int:
+        """Keep voice views of a person, the newest ``cap`` of them, in one step that does nothing
+        once the person is gone (a forget meanwhile); returns how many they have."""
+        if not views:
+            return 0
+        keys = [MemoryKeys.person(pid), MemoryKeys.voices(pid), MemoryKeys.VOICED, MemoryKeys.VOICES_VERSION]
+        pairs = [x for name, data in sorted(views.items()) for x in (name, data)]
+        return int(self.redis.eval(ADD_VOICES, len(keys), *keys, pid, cap, *pairs))
+
     def drop_changes_of(self, pid: str) -> None:
         """Remove the person's id from the changes stream."""
         ids = [i for i, f in self.redis.xrange(CHANGES) if text(f.get(b"person", b"")) == pid]
@@ -385,6 +411,9 @@ class PersonRepository:
         pipe.delete(
             MemoryKeys.person(pid), MemoryKeys.faces(pid), MemoryKeys.facts(pid),
             MemoryKeys.encounters(pid), MemoryKeys.lineage(pid), MemoryKeys.sessions_of(pid),
+            MemoryKeys.voices(pid),
         )  # fmt: skip
+        pipe.srem(MemoryKeys.VOICED, pid)
+        pipe.incr(MemoryKeys.VOICES_VERSION)
         pipe.srem(MemoryKeys.PERSONS, pid)
         pipe.zrem(MemoryKeys.CANDIDATES, pid)

@@ -86,6 +86,18 @@ class VoiceMatchSettings(SettingsGroup):
 
     wearer_threshold: float = Field(0.74, gt=0, lt=1)
     """A segment whose voice scores at least this against an enrolled view is the wearer's."""
+    person_threshold: float = Field(0.78, gt=0, lt=1)
+    """Another voice is a known person's when it scores at least this against one of their voice
+    views, stricter than the wearer's: a wrong "by voice" card is worse than none."""
+    margin: float = Field(0.05, ge=0, lt=1)
+    """...and beats the runner-up person by this much."""
+    min_speech_s: float = Field(1.0, ge=0)
+    """Shorter lines neither name anyone by voice nor become a voice view."""
+    max_views: int = Field(12, ge=1)
+    """Voice views kept per person; the oldest goes when a new one comes."""
+    weight: float = Field(0.05, ge=0)
+    """Evidence a matching voice adds to its person in the session's view, as much as a face
+    filling a twentieth of the frame: enough to rank the speaking face of a group first."""
 
 
 class MemorySettings(ServiceSettings):
