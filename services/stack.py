@@ -219,6 +219,20 @@ def narrate(supervisor: subprocess.Popen, logs: Path, stop: threading.Event) -> 
     return threads
 
 
+def supervise(procfile: Path, env: dict[str, str], stop: threading.Event) -> subprocess.Popen:
+    """supervisord running the Procfile's services, narrated on the terminal until ``stop``."""
+    conf = supervisor_conf(procfile, STATE)
+    supervisord = Path(sys.executable).with_name("supervisord")
+    proc = subprocess.Popen(
+        [str(supervisord), "-c", str(conf)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    where = LOGS.relative_to(REPO) if LOGS.is_relative_to(REPO) else LOGS
+    console.print(f"services under supervisord; logs in {where}/ (`convo logs SERVICE -f`), warnings here")
+    narrate(proc, LOGS, stop)
+    return proc
+
+
 def up(demo: bool, procfile: Path) -> int:
     """Run the stack until Ctrl-C; with ``demo``, play the demo conversation once it is up."""
     settings = ServiceSettings()
@@ -232,16 +246,8 @@ def up(demo: bool, procfile: Path) -> int:
         env.setdefault("CONVO_AUDIO__SOURCE", "none")  # the demo is the audio; keep the mic out of it
         env.setdefault("CONVO_WEARER_NAME", "Alex")  # the demo's wearer
         env.setdefault("CONVO_ENCOUNTER__GAP_S", "8")  # its meetings are seconds apart, not hours
-    conf = supervisor_conf(procfile, STATE)
-    supervisord = Path(sys.executable).with_name("supervisord")
-    proc = subprocess.Popen(
-        [str(supervisord), "-c", str(conf)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    where = LOGS.relative_to(REPO) if LOGS.is_relative_to(REPO) else LOGS
-    console.print(f"services under supervisord; logs in {where}/ (`convo logs SERVICE -f`), warnings here")
     stop_follow = threading.Event()
-    narrate(proc, LOGS, stop_follow)
+    proc = supervise(procfile, env, stop_follow)
     asked_to_stop = False
 
     def stop(*_: object) -> None:  # a SIGTERM (systemd, CI) is passed on to supervisord

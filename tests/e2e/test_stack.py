@@ -77,7 +77,9 @@ def test_make_run_demo_shows_sarahs_card_and_stops_cleanly(
             assert group["pending"] == 0 and group["lag"] == 0, (stream, group)  # every group drained
 
 
-def test_local_stack_restarts_a_killed_service(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_local_stack_restarts_a_killed_service(
+    r: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
     """A SIGKILLed service comes back on its own and the terminal says so; the others keep running;
     Ctrl-C still stops everything with status 0 and leaves no process behind."""
     procfile = tmp_path / "Procfile"
@@ -90,8 +92,7 @@ def test_local_stack_restarts_a_killed_service(redis_server: RedisServer, tmp_pa
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    r = redis_server.client()
+    reader.start()  # `r` was flushed: no heartbeat of an earlier test's services is left
 
     def pids(group: str) -> set[int]:
         return {int(k.rsplit(b"-", 1)[1]) for k in r.scan_iter(f"convo:heartbeat:{group}:*")}
