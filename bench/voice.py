@@ -7,6 +7,8 @@ stage costs over the raw model, and how often the wearer's lines are marked righ
   against ``embed`` called on them directly, in one run.
 - me_them_accuracy: the wearer enrolled from two of their recordings; each of the other
   recordings of both readers is marked me or them at memory's threshold.
+- identity and attribution on the public eval scenes (tests/scenes/, fast replay, cards read
+  from the page) with the voice stage against without it.
 Nothing else should run meanwhile.
 """
 
@@ -22,6 +24,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import bench_settings, private_redis, report
+from services.evaluation import evaluate
 from services.memory.settings import VoiceMatchSettings
 from services.voice.handler import VoiceHandler
 from services.voice.model import VoiceEncoderModel
@@ -31,6 +34,7 @@ from shared.consumer import Consumer
 from shared.schemas import AudioSegmentMessage
 
 ROUNDS = 3
+SCENES = Path(__file__).resolve().parents[1] / "tests" / "scenes"
 
 
 def eer(by_speaker: dict[str, list[np.ndarray]]) -> float:
@@ -96,9 +100,16 @@ def main() -> None:
         f"{n} segments ({speech_s:.0f} s of speech): raw {raw_s / n * 1000:.1f} ms, "
         f"pipeline {loop_s / n * 1000:.1f} ms per segment"
     )
+    with_voice, without = (evaluate(SCENES, voice=v).figures() for v in (True, False))
+    print(
+        f"eval scenes with voice / without: identity {with_voice['identity_accuracy']:.3f} / "
+        f"{without['identity_accuracy']:.3f}, attribution {with_voice['attribution_accuracy']:.3f} / "
+        f"{without['attribution_accuracy']:.3f}"
+    )
     report(
         "voice", eer=eer_real, eer_espeak=eer_espeak, ratio_pipeline_vs_raw=raw_s / loop_s,
         me_them_accuracy=right / total, ms_per_segment=loop_s / n * 1000,
+        identity_with_voice=with_voice["identity_accuracy"], identity_without=without["identity_accuracy"],
     )  # fmt: skip
 
 

@@ -222,11 +222,12 @@ def eval_(
     page: Annotated[
         bool, typer.Option(help="Read the cards from the overlay page in headless Chromium, as worn.")
     ] = True,
+    voice: Annotated[bool, typer.Option(help="Run the voice stage: memory hears who speaks.")] = True,
 ) -> None:
     """The identity scorecard: replay scenes through the real stages on a private Redis and score them."""
     from services.evaluation import evaluate
 
-    card = evaluate(scenes, realtime, page=page)
+    card = evaluate(scenes, realtime, page=page, voice=voice)
     table = Table(title=f"scenes in {scenes}")
     table.add_column("scene", no_wrap=True)
     for col in ("identity", "attribution", "name", "company", "facts", "WER", "persons added", "notes"):

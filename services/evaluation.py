@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ from services.transcriber.context import SessionContext
 from services.transcriber.handler import TranscriberHandler
 from services.transcriber.model import WhisperSpeechModel
 from services.transcriber.settings import WhisperSettings
+from services.voice.handler import VoiceHandler
+from services.voice.settings import VoiceModelSettings
 from shared.consumer import Consumer
 from shared.images import encode_jpeg
 from shared.publisher import Publisher
@@ -49,7 +51,9 @@ from shared.schemas import (
     FaceMessage,
     FrameMessage,
     RecallMessage,
+    StreamMessage,
     TranscriptMessage,
+    VoiceMessage,
 )
 from shared.settings import ConsumerSettings, ServiceSettings
 
@@ -93,6 +97,8 @@ class Expect(BaseModel):
 
 class Scene(BaseModel):
     name: str = ""
+    enroll: list[str] = []
+    """Recordings of the wearer's own voice, enrolled before the scene plays (``convo wearer enroll``)."""
     lines: list[Line]
     frames: list[Shot]
     fps: float = Field(2.0, gt=0)
@@ -137,6 +143,10 @@ def image(name: str) -> np.ndarray:
         return cv2.imread(str(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"))
     if name in ("players", "gdp"):
         return cv2.imread(str(packaged_model_dir() / f"{name}.jpg"))  # type: ignore[operator]
+    import skimage.data
+
+    if name in ("coffee", "rocket", "chelsea"):  # scikit-image's photos without a face in them
+        return cv2.cvtColor(getattr(skimage.data, name)(), cv2.COLOR_RGB2BGR)
     loaded = cv2.imread(name)
     if loaded is None:
         raise ValueError(f"no such photo: {name}")
@@ -177,10 +187,11 @@ class Evaluation:
 
     def __init__(
         self, client: redis.Redis, settings: ServiceSettings, root: Path, realtime: bool,
-        context: bool = True, page: PageWatch | None = None,
+        context: bool = True, page: PageWatch | None = None, voice: bool = True,
     ) -> None:  # fmt: skip
         self.redis = client
         self.page = page
+        self.voice = VoiceHandler(VoiceModelSettings()).load() if voice else None
         self.settings = settings
         self.root = root
         self.realtime = realtime
@@ -240,6 +251,8 @@ class Evaluation:
         capture.audio = capture.audio.model_copy(update={"realtime": self.realtime})
         runner = CaptureRunner(capture, Publisher(self.redis, capture, threading.Event()), self.vad)
         runner.handler.start_clock(self.clock if not self.realtime else time.time())
+        if scene.enroll and self.voice is not None:
+            self._enroll(scene.enroll)
         self.clock += 3 * 86400.0
         with self._live_stages():
             runner.replay(wav)
@@ -247,6 +260,14 @@ class Evaluation:
         time.sleep(GAP_S + 0.2)  # the scene's conversation goes quiet
         self._run_stages()
         return self.score(scene, before, persons, started)
+
+    def _enroll(self, recordings: list[str]) -> None:
+        """``convo wearer enroll`` for the scene's wearer."""
+        from faster_whisper import decode_audio
+
+        assert self.voice is not None
+        vectors = [self.voice.model.embed(decode_audio(w, sampling_rate=RATE))[0] for w in recordings]
+        self.memory.wearer.enroll([v for v in vectors if len(v)])
 
     @contextmanager
     def _live_stages(self) -> Iterator[None]:
@@ -256,14 +277,17 @@ class Evaluation:
             yield
             return
         stop = threading.Event()
-        handlers = {FaceMessage: self.memory.on_face, TranscriptMessage: self.memory.on_transcript}
         consumers = [
             Consumer(self.redis, self.settings, "face", {FrameMessage: self.faces}, stop=stop),
             Consumer(
                 self.redis, self.settings, "transcriber", {AudioSegmentMessage: self.whisper}, stop=stop
             ),
-            Consumer(self.redis, self.memory_settings, "memory", handlers, stop=stop, ticker=self.memory),
+            Consumer(self.redis, self.memory_settings, "memory", self._memory, stop=stop, ticker=self.memory),
         ]
+        if self.voice is not None:
+            consumers.append(
+                Consumer(self.redis, self.settings, "voice", {AudioSegmentMessage: self.voice}, stop=stop)
+            )
         threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
         for thread in threads:
             thread.start()
@@ -277,12 +301,21 @@ class Evaluation:
     def _run_stages(self) -> None:
         """Faces first, as in the running stack: a frame's card is out in a fraction of a second,
         while a segment is transcribed only after its speech ends."""
-        s = self.settings
-        handlers = {FaceMessage: self.memory.on_face, TranscriptMessage: self.memory.on_transcript}
+        s, m = self.settings, self.memory_settings
         Consumer(self.redis, s, "face", {FrameMessage: self.faces}).run(burst=True)
-        Consumer(self.redis, self.memory_settings, "memory", handlers, ticker=self.memory).run(burst=True)
+        Consumer(self.redis, m, "memory", self._memory, ticker=self.memory).run(burst=True)
         Consumer(self.redis, s, "transcriber", {AudioSegmentMessage: self.whisper}).run(burst=True)
-        Consumer(self.redis, self.memory_settings, "memory", handlers, ticker=self.memory).run(burst=True)
+        if self.voice is not None:
+            Consumer(self.redis, s, "voice", {AudioSegmentMessage: self.voice}).run(burst=True)
+        Consumer(self.redis, m, "memory", self._memory, ticker=self.memory).run(burst=True)
+
+    @property
+    def _memory(self) -> dict[type[StreamMessage], Callable[..., list]]:
+        return {
+            FaceMessage: self.memory.on_face,
+            TranscriptMessage: self.memory.on_transcript,
+            VoiceMessage: self.memory.on_voice,
+        }
 
     def _new(self, stream: str, since: int) -> list[dict[bytes, bytes]]:
         return [f for _, f in self.redis.xrange(stream)][since:]
@@ -414,14 +447,17 @@ def private_stack() -> Iterator[tuple[redis.Redis, ServiceSettings, Path]]:
         yield redis.Redis.from_url(server.url), settings, Path(tmp)
 
 
-def evaluate(folder: Path, realtime: bool = False, context: bool = True, page: bool = True) -> Scorecard:
+def evaluate(
+    folder: Path, realtime: bool = False, context: bool = True, page: bool = True, voice: bool = True
+) -> Scorecard:
     """Play every scene of ``folder`` in order on a private stack and score them. ``context``: the
     transcriber gets the names of the people in view as hotwords (the stack's default). ``page``:
-    identity and time to card are read from the overlay page in headless Chromium."""
+    identity and time to card are read from the overlay page in headless Chromium. ``voice``: the
+    voice stage runs, and memory hears who speaks."""
     scenes = load_scenes(folder)
     if not scenes:
         raise ValueError(f"no scenes (*.yaml) in {folder}")
     with private_stack() as (client, settings, root), ExitStack() as stack:
         watch = stack.enter_context(PageWatch(settings.redis_url)) if page else None
-        run = Evaluation(client, settings, root, realtime, context, watch)
+        run = Evaluation(client, settings, root, realtime, context, watch, voice)
         return Scorecard([run.play(scene, i) for i, scene in enumerate(scenes)])

@@ -43,3 +43,16 @@ def test_convo_eval_prints_the_scorecard(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "identity_accuracy=1" in result.output and "01-meet-sarah" in result.output
+
+
+def test_voice_scenes_name_a_speaker_out_of_frame_only_with_the_voice_stage(tmp_path: Path) -> None:
+    """Real recorded voices: the card reader met face to face, then heard with no one in view.
+    With the voice stage her card shows (by voice) and the conversation is hers; without it,
+    neither."""
+    for name in ("11-meet-the-card-reader.yaml", "12-the-card-reader-out-of-frame.yaml"):
+        shutil.copy(SCENES / name, tmp_path / name)
+    met, heard = evaluate(tmp_path).scores
+    assert (met.identity, met.attribution) == (1.0, 1.0), met.notes
+    assert (heard.identity, heard.attribution) == (1.0, 1.0), heard.notes
+    _, unheard = evaluate(tmp_path, voice=False).scores
+    assert (unheard.identity, unheard.attribution) == (0.0, 0.0), unheard.notes
