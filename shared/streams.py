@@ -181,6 +181,11 @@ class MemoryKeys:
         return f"{KEY_PREFIX}:session:{session}:speakers"
 
     @staticmethod
+    def voiced(session: str) -> str:
+        """HASH person -> when their voice was last heard in the session (by the voice stage)."""
+        return f"{KEY_PREFIX}:session:{session}:voiced"
+
+    @staticmethod
     def speaking(session: str) -> str:
         """STRING: when the utterance capture is still cutting began (wall clock); set while
         the session's speech goes on, deleted once its segment is written. Its TTL covers a

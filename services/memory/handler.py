@@ -145,7 +145,11 @@ class MemoryHandler:
         lines = self.views.heard_since(session, t - view.view_s)
         known = self._known_in_view(ranked)
         said = {pid for pid, p in known.items() if named(p.name, lines)}
-        top = subject(ranked, view.known_bonus, said, view.named_bonus)
+        speaking = self.views.speaking(session, t - view.view_s)
+        voiced = sorted((p for p in speaking if p in known), key=lambda p: -speaking[p])
+        # the one whose voice is speaking is the one talked to, wherever their face is in the group
+        top = next((s for s in ranked if s.pid == voiced[0]), None) if voiced else None
+        top = top or subject(ranked, view.known_bonus, said, view.named_bonus)
         shown = self.views.shown(session)
         if top is None or (shown is not None and t < shown.t):
             return []  # nobody in view, or an older frame than the card's
@@ -221,8 +225,10 @@ class MemoryHandler:
                 "segment=%s voice=%s outcome=disagrees faces=%s", msg.segment_id, pid, sorted(others_known)
             )
             return []
-        self.conversations.seen(msg.session, pid, weight, msg.t_end)
+        # the speaker holds the conversation's evidence of this moment: as much as every face in view
+        self.conversations.seen(msg.session, pid, weight + sum(s.evidence for s in ranked), msg.t_end)
         self.views.see(msg.session, pid, msg.t_end, weight, True, view.view_s, score)
+        self.views.voiced(msg.session, pid, msg.t_end)
         note = "" if pid in in_view else "by voice"
         log.info("segment=%s person=%s outcome=voice score=%.2f %s", msg.segment_id, pid, score, note)
         return self._card(msg.session, msg.t_end, msg.segment_id, note=note)

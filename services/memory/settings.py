@@ -96,8 +96,10 @@ class VoiceMatchSettings(SettingsGroup):
     max_views: int = Field(12, ge=1)
     """Voice views kept per person; the oldest goes when a new one comes."""
     weight: float = Field(0.05, ge=0)
-    """Evidence a matching voice adds to its person in the session's view, as much as a face
-    filling a twentieth of the frame: enough to rank the speaking face of a group first."""
+    """Evidence a matching voice adds to its person in the session's view (as much as a face
+    filling a twentieth of the frame), which keeps a speaker out of frame on the card while
+    they talk. Whose card shows does not hang on it: a known person whose voice was heard in
+    the last ``view_s`` is taken over every face in view."""
 
 
 class MemorySettings(ServiceSettings):

@@ -175,6 +175,19 @@ class Views:
         lines = (json.loads(x) for x in self.redis.lrange(MemoryKeys.heard(session), 0, -1))
         return [line["text"] for line in lines if line["t"] >= t]
 
+    def voiced(self, session: str, pid: str, t: float) -> None:
+        """A known person's voice was heard in the session at ``t``."""
+        key = MemoryKeys.voiced(session)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, pid, repr(t))
+            pipe.expire(key, 3600)
+            pipe.execute()
+
+    def speaking(self, session: str, since: float) -> dict[str, float]:
+        """The known persons heard since ``since``, with when they were last heard."""
+        heard = {text(p): float(t) for p, t in self.redis.hgetall(MemoryKeys.voiced(session)).items()}
+        return {p: t for p, t in heard.items() if t >= since}
+
     def frame_done(self, frame_id: str, face_id: str, faces_in_frame: int) -> bool:
         """Note a face of the frame as handled; True once all of them are (or the count is unknown)."""
         if faces_in_frame <= 1:
@@ -189,8 +202,9 @@ class Views:
 
     def forget(self, pid: str) -> None:
         """Remove a person from every session's view, and the card that shows them."""
-        for key in self.redis.scan_iter(MemoryKeys.view("*")):
-            self.redis.hdel(key, pid)
+        for pattern in (MemoryKeys.view("*"), MemoryKeys.voiced("*")):
+            for key in self.redis.scan_iter(pattern):
+                self.redis.hdel(key, pid)
         for key in self.redis.scan_iter(MemoryKeys.card("*")):  # what was heard holds no person id
             if self.redis.hget(key, "pid") == pid.encode():
                 self.redis.delete(key)

@@ -215,3 +215,84 @@ def test_a_face_and_a_voice_that_disagree_make_no_wrong_card(
     )  # fmt: skip
     shown = cards_of(r, "both")
     assert shown and all(c.person_id == tom[0] for c in shown), [(c.person_id, c.note) for c in shown]
+
+
+def test_bad_voices_go_to_dlq_and_memory_goes_on(
+    r: redis.Redis,
+    memory_settings: MemorySettings,
+    voice_model: VoiceEncoderModel,
+    readers: Readers,
+    enrolled: int,
+) -> None:
+    """A voice embedding of the wrong size, with NaN, not normed, or for an unknown session."""
+    audio, _ = readers["cards-reader"][1]
+    r.sadd(MemoryKeys.SESSIONS, "s")
+    [good] = VoiceHandler(voice_model.settings, voice_model)(segment(audio, "s-a1"))
+    good = good.model_copy(update={"t_start": time.time() - 5, "t_end": time.time() - 3})
+    nan = np.frombuffer(good.embedding, "<f4").copy()
+    nan[3] = np.nan
+    bad = {
+        "short": (good.embedding[:-4], "expected 256 float32"),
+        "nan": (nan.tobytes(), "NaN"),
+        "loud": ((np.frombuffer(good.embedding, "<f4") * 2).astype("<f4").tobytes(), "not normed"),
+    }
+    for name, (embedding, _) in bad.items():
+        r.xadd("voices", good.model_copy(update={"segment_id": name, "embedding": embedding}).to_fields())
+    r.xadd("voices", good.model_copy(update={"segment_id": "stray", "session": "nobody"}).to_fields())
+    r.xadd("voices", good.to_fields())
+    stats = memory_loop(r, memory_settings, MemoryHandler(r, memory_settings)).run(burst=True)
+    assert (stats.processed, stats.dead_lettered) == (1, len(bad) + 1)
+    letters = {f[b"f.segment_id"].decode(): f[b"error"].decode() for _, f in r.xrange("dlq")}
+    for name, (_, error) in bad.items():
+        assert error in letters[name], letters[name]
+    assert "unknown session" in letters["stray"]
+    assert r.hget(MemoryKeys.speakers("s"), "s-a1"), "the good one was marked"
+
+
+def test_in_a_group_the_face_whose_voice_speaks_is_the_one_talked_to(
+    r: redis.Redis, memory_settings: MemorySettings, voice_model: VoiceEncoderModel,
+    readers: Readers, enrolled: int, embeddings: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """Tom fills the middle of the view, Sarah is small at its edge; Sarah's voice speaks: her
+    card, and the conversation is hers."""
+    cards = readers["cards-reader"]
+    t = time.time() - 900
+    converse(
+        r, memory_settings, voice_model, "met", t, [(cards[1][0], "Hi, I'm Sarah Chen from Stripe."),
+        (cards[4][0], "I work on payments.")], [face("met", "met-f1", embeddings["t1-2"], t)],
+    )  # fmt: skip
+    tom_says = [
+        (readers["librivox-reader"][0][0], "Hi there."),
+        (speak("en-us", "I'm Tom Berg."), "I'm Tom Berg."),
+    ]
+    converse(
+        r,
+        memory_settings,
+        voice_model,
+        "tom",
+        t + 100,
+        tom_says,
+        [face("tom", "f", embeddings["astronaut"], t + 100)],
+    )
+    sarah, tom = (next(e.person_id for e in encounters(r) if e.session == s) for s in ("met", "tom"))
+    t2 = t + 400
+    group = []
+    for i in range(3):
+        group += [
+            face("group", f"group-f{i}", embeddings["astronaut"], t2 + i).model_copy(
+                update={"bbox": [240, 160, 400, 320], "width": 640, "height": 480, "faces_in_frame": 2,
+                        "face_id": f"group-f{i}:0"}
+            ),
+            face("group", f"group-f{i}", embeddings["t1-2"], t2 + i).model_copy(
+                update={"bbox": [560, 40, 630, 110], "width": 640, "height": 480, "faces_in_frame": 2,
+                        "face_id": f"group-f{i}:1"}
+            ),
+        ]  # fmt: skip
+    converse(r, memory_settings, voice_model, "group", t2, [], group)
+    assert [c.person_id for c in cards_of(r, "group")] == [tom], (
+        "by faces alone, Tom in the middle is the one"
+    )
+    converse(r, memory_settings, voice_model, "group", t2 + 2, [(cards[2][0], "So, where were we?")])
+    shown = cards_of(r, "group")
+    assert shown[-1].person_id == sarah, [(c.person_id, c.note) for c in shown]
+    assert [e.person_id for e in encounters(r) if e.session == "group"] == [sarah]
