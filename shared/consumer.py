@@ -33,6 +33,7 @@ def done_id(group: str, msg: StreamMessage) -> str:
     reads may share ids (a segment's transcript and its voice both carry the segment id)."""
     return done_key(group, f"{msg.STREAM}:{msg.key}")
 
+
 PROCESSED = Counter("convo_processed_total", "Entries handled and acked", ["stage", "stream"])
 FAILED = Counter("convo_failed_total", "Handler failures (left pending for a retry)", ["stage", "stream"])
 DEAD = Counter("convo_dead_lettered_total", "Entries moved to the dead-letter stream", ["stage", "stream"])
