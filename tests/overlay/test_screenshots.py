@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import redis
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 from services.memory.extract import Extraction
 from services.memory.person_store import PersonStore
@@ -21,9 +21,8 @@ def shoot(page: Page, name: str, selector: str, must_show: list[str]) -> Path:
     """A screenshot of the page, once ``selector`` is on screen with ``must_show`` in it."""
     element = page.locator(selector).first
     element.wait_for(state="visible", timeout=10_000)
-    shown = element.inner_text()
-    for text in must_show:
-        assert text in shown, (text, shown)
+    for text in must_show:  # waits until the page has rendered it; fails after the timeout
+        expect(element).to_contain_text(text, timeout=10_000)
     box = element.bounding_box()
     assert box and box["width"] > 200 and box["height"] > 60, box
     page.wait_for_timeout(800)  # the card's entry animation and the thumbnails' loading
