@@ -270,6 +270,27 @@ def up(
 
 
 @app.command()
+def doctor() -> None:
+    """Check the set-up: Redis, espeak-ng, PyAV, Chromium, the model files, the ACL files, the
+    ports and the GPU; say what is wrong and how to fix it. Exits 1 if something will not run."""
+    from services.doctor import FAIL, OK, run_checks
+
+    checks = run_checks()
+    table = Table(title="convo doctor")
+    for col in ("check", "", "what was found", "fix"):
+        table.add_column(col, overflow="fold")
+    style = {OK: "green", FAIL: "bold red"}
+    for c in checks:
+        table.add_row(c.name, f"[{style.get(c.status, 'yellow')}]{c.status}[/]", c.detail, c.fix)
+    console.print(table)
+    failed = [c.name for c in checks if c.status == FAIL]
+    console.print(
+        f"[bold red]{len(failed)} to fix:[/] {', '.join(failed)}" if failed else "[green]all set[/]"
+    )
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def logs(
     service: Annotated[
         str | None, typer.Argument(help="One service; all of them interleaved when left out.")

@@ -96,3 +96,38 @@ def test_convo_logs_interleaves_the_services_by_time(tmp_path: Path, monkeypatch
     assert "Traceback" in one.output and "memory one" not in one.output and "face" not in one.output
     missing = CliRunner().invoke(app, ["logs", "overlay"], terminal_width=200)
     assert missing.exit_code != 0 and "face, memory" in missing.output
+
+
+def test_doctor_says_all_is_set_here(cli: CliRunner) -> None:
+    """After `make setup`, on the tests' own Redis (AOF on)."""
+    result = cli.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    for check in (
+        "redis-server",
+        "espeak-ng",
+        "chromium",
+        "whisper tiny.en",
+        "buffalo_s",
+        "resemblyzer",
+        "AOF on",
+    ):
+        assert check in result.output, check
+    assert "all set" in result.output
+
+
+def test_doctor_names_what_is_missing_and_how_to_fix_it(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server, no espeak-ng on it
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("CONVO_OVERLAY__PORT", str(taken.getsockname()[1]))
+        result = cli.invoke(app, ["doctor"])
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert "sudo apt-get install espeak-ng" in out and "sudo apt-get install redis-server" in out
+    assert "in use by another program" in out
+    assert "2 to fix: redis-server, espeak-ng" in out
