@@ -36,28 +36,26 @@ def _s(value: object) -> str:
 
 
 @app.command()
-def status() -> None:
-    """Each stream's length, and per group its consumers, pending entries, lag and last id."""
+def status(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    every: Annotated[float, typer.Option(help="Seconds between the samples the rates come from.")] = 1.0,
+) -> None:
+    """Per stage: consumers alive (with a heartbeat), pending, lag, dead letters and entries per
+    second; each stream's length under the table."""
+    from rich.live import Live
+
+    from services.status import measure
+
     client, settings = admin_client()
-    table = Table(title=f"streams on {settings.redis_url}")
-    for col in ("stream", "length", "group", "consumers", "pending", "lag", "last delivered"):
-        table.add_column(col, justify="right" if col in ("length", "consumers", "pending", "lag") else "left")
-    for stream in settings.streams.model_dump().values():
-        if not client.exists(stream):
-            table.add_row(stream, "-", "", "", "", "", "")
-            continue
-        length = str(client.xlen(stream))
-        groups = client.xinfo_groups(stream)
-        if not groups:
-            table.add_row(stream, length, "(no group)", "", "", "", "")
-        for i, g in enumerate(groups):
-            consumers = client.xinfo_consumers(stream, g["name"])
-            names = ", ".join(f"{_s(c['name'])}({c['pending']})" for c in consumers) or "none"
-            table.add_row(
-                stream if i == 0 else "", length if i == 0 else "", _s(g["name"]),
-                names, str(g["pending"]), _s(g.get("lag", "?")), _s(g["last-delivered-id"]),
-            )  # fmt: skip
-    console.print(table)
+    if not watch:
+        console.print(measure(client, settings, every))
+        return
+    with Live(measure(client, settings, every), console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                live.update(measure(client, settings, every))
+        except KeyboardInterrupt:
+            pass
 
 
 def _summarise(stream_attr: str | None, fields: dict[bytes, bytes]) -> str:
@@ -319,5 +317,16 @@ def logs(
             pass
 
 
+def main() -> None:
+    """``convo``: the app, with a plain answer instead of a traceback when Redis is not there."""
+    try:
+        app()
+    except redis.ConnectionError as exc:
+        url = ServiceSettings().redis_url
+        console.print(f"[bold red]no Redis answers on {url}[/] ({exc}). Start the stack with `make run`, "
+                      "or point CONVO_REDIS_URL at yours.")  # fmt: skip
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -1,5 +1,6 @@
 """The ``convo`` CLI against a real redis-server."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -20,19 +21,42 @@ def cli(settings: ServiceSettings, monkeypatch: pytest.MonkeyPatch) -> CliRunner
     return CliRunner()
 
 
-def test_status_shows_groups_consumers_pending_and_lag(r: redis.Redis, cli: CliRunner) -> None:
+def test_status_shows_each_stage_alive_pending_lag_dead_letters_and_rate(
+    r: redis.Redis, cli: CliRunner, settings: ServiceSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from shared.streams import heartbeat_key
+
+    monkeypatch.setenv("COLUMNS", "100")
     publish(r, 6)
     r.xgroup_create("transcripts", "memory", id="0")
     r.xgroup_create("transcripts", "trainer", id="0")
     r.xreadgroup("memory", "mem-1", {"transcripts": ">"}, count=4)  # 4 pending, lag 2
-    result = cli.invoke(app, ["status"])
+    r.set(heartbeat_key("memory", "host-1"), "1", ex=30)  # one live consumer
+    publish(r, 2, start=100, text="poison")
+    r.xgroup_create("transcripts", "echo", id="0")
+    Consumer(r, settings, "echo", {TranscriptMessage: echo}).run(burst=True)  # 2 dead letters
+    publish(r, 200, start=1000)
+
+    def trainer_reads() -> None:  # 200 entries read during the sampling window
+        time.sleep(0.3)
+        r.xreadgroup("trainer", "t-1", {"transcripts": ">"}, count=10_000)
+
+    reader = threading.Thread(target=trainer_reads)
+    reader.start()
+    result = cli.invoke(app, ["status", "--every", "1.5"])
+    reader.join()
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[3].strip(): line for line in result.output.splitlines() if line.count("│") > 6}
-    memory = [c.strip() for c in rows["memory"].split("│")]
-    trainer = [c.strip() for c in rows["trainer"].split("│")]
-    assert memory[1:8] == ["transcripts", "6", "memory", "mem-1(4)", "4", "2", memory[7]]
-    assert memory[7] == r.xrange("transcripts")[3][0].decode(), "last delivered is the fourth entry"
-    assert trainer[3:7] == ["trainer", "none", "0", "6"]
+    assert max(len(line) for line in result.output.splitlines()) <= 100, "fits 100 columns"
+    rows = {
+        c[0]: c for line in result.output.splitlines() if (c := [x.strip() for x in line.split("│")[1:-1]])
+    }
+    assert rows["memory"][:6] == ["memory", "transcripts", "1", "4", "204", "0"]
+    assert rows["echo"][:6] == ["echo", "transcripts", "1", "0", "200", "2"]  # its heartbeat is fresh
+    trainer = rows["trainer"]
+    assert trainer[2:6] == ["0", "208", "0", "0"] and float(trainer[6]) > 100, trainer
+    assert "transcripts 208" in " ".join(result.output.split())
 
 
 def test_tail_summarises_binary_fields(r: redis.Redis, cli: CliRunner) -> None:
@@ -131,3 +155,18 @@ def test_doctor_names_what_is_missing_and_how_to_fix_it(
     assert "sudo apt-get install espeak-ng" in out and "sudo apt-get install redis-server" in out
     assert "in use by another program" in out
     assert "2 to fix: redis-server, espeak-ng" in out
+
+
+def test_no_redis_is_a_plain_answer_not_a_traceback() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from shared.redis_server import free_port
+
+    env = {**os.environ, "CONVO_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    convo = Path(sys.executable).with_name("convo")
+    done = subprocess.run([str(convo), "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "no Redis answers on" in done.stdout and "make run" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
