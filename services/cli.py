@@ -268,6 +268,28 @@ def up(
 
 
 @app.command()
+def replay(
+    audio: Annotated[
+        Path, typer.Argument(help="A recording: any format ffmpeg reads (WAV, M4A from a phone...).")
+    ],
+    frames: Annotated[
+        Path | None, typer.Option(help="A folder of photos (spread over the recording) or a video.")
+    ] = None,
+    realtime: Annotated[
+        bool, typer.Option(help="At the speed it was spoken (cards appear as they would).")
+    ] = False,
+    session: Annotated[str | None, typer.Option(help="Session id (default: replay-<time>).")] = None,
+) -> None:
+    """Replay your own meeting into the running stack and print what was heard, the cards and
+    what memory remembered, as the demo does."""
+    from services.stack import replay as run_replay
+
+    if not audio.exists():
+        raise typer.BadParameter(f"no such file or folder: {audio}")
+    raise typer.Exit(run_replay(audio, frames, realtime, session))
+
+
+@app.command()
 def doctor() -> None:
     """Check the set-up: Redis, espeak-ng, PyAV, Chromium, the model files, the ACL files, the
     ports and the GPU; say what is wrong and how to fix it. Exits 1 if something will not run."""

@@ -103,46 +103,87 @@ def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
     from services.capture.demo import build
 
     client = connect(settings, acl.ADMIN)
-    s = settings.streams
     console.print("[bold]demo:[/] waiting for the services to load their models...")
     wait_for_consumers(client, ["transcriber", "face", "memory"])
-    follow = StreamFollower(client, [s.transcripts, s.recalls, s.encounters])
     console.print(
         f"[bold]demo:[/] the overlay is at [link]{overlay_url()}[/link]; open it to watch the cards"
     )
     run = time.strftime("%Y%m%d-%H%M%S")  # ids are idempotency keys: a new run needs new ones
+    gap_s = float(env.get("CONVO_ENCOUNTER__GAP_S", 30))
     for i, folder in enumerate(build(STATE / "demo"), 1):
         console.print(f"\n[bold]demo:[/] playing {folder.name}")
-        subprocess.run(
-            [sys.executable, "-m", "services.capture", "--audio", str(folder / "audio.wav"),
-             "--frames", str(folder / "frames"), "--realtime", "--session", f"demo-{run}-{i}"],
-            env=env, check=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + float(env.get("CONVO_ENCOUNTER__GAP_S", 30)) + 30
-        closed = False
-        while not closed and time.monotonic() < deadline:  # until memory closes the conversation
-            for stream, fields in follow.new(block_ms=1000):
-                closed |= show(stream, fields, settings)
+        play(client, settings, env, folder / "audio.wav", folder / "frames", True, f"demo-{run}-{i}", gap_s)
     console.print(
         f"\n[bold]demo:[/] done. The people page is {overlay_url()}people (its token is printed above);"
         " `convo person list` shows the same, `convo status` the groups."
     )
 
 
-def show(stream: str, fields: dict[bytes, bytes], settings: ServiceSettings) -> bool:
-    """Print one entry of the demo's output; True for a finished conversation."""
+def play(
+    client: redis.Redis, settings: ServiceSettings, env: dict[str, str], audio: Path, frames: Path | None,
+    realtime: bool, session: str, gap_s: float,
+) -> bool:  # fmt: skip
+    """One recording through a one-shot capture into the running stack; prints what was heard,
+    the cards and what memory remembered, until it does (or gives up after ``gap_s`` + 60 s).
+    True once the conversation was remembered."""
+    s = settings.streams
+    follow = StreamFollower(client, [s.transcripts, s.recalls, s.encounters])
+    subprocess.run(
+        [sys.executable, "-m", "services.capture", "--audio", str(audio), "--frames", str(frames or "none"),
+         "--realtime" if realtime else "--no-realtime", "--session", session],
+        env=env, check=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + gap_s + 60
+    while time.monotonic() < deadline:  # until memory closes the conversation
+        for stream, fields in follow.new(block_ms=1000):
+            if show(stream, fields, settings, session):
+                return True
+    return False
+
+
+def show(stream: str, fields: dict[bytes, bytes], settings: ServiceSettings, session: str) -> bool:
+    """Print one entry of a replayed session's output; True for its finished conversation."""
     s = settings.streams
     if stream == s.transcripts:
         msg = TranscriptMessage.from_fields(fields)
-        console.print(f"  [dim]heard:[/] {msg.text}")
+        if msg.session == session:
+            console.print(f"  [dim]heard:[/] {msg.text}")
     elif stream == s.recalls:
         card = RecallMessage.from_fields(fields)
-        console.print(f"  [bold green]overlay:[/] {card.summary}")
+        if card.recall_id.startswith(f"{session}-"):  # capture's ids start with the session
+            console.print(f"  [bold green]overlay:[/] {card.summary}{f' ({card.note})' if card.note else ''}")
     elif stream == s.encounters:
         encounter = EncounterMessage.from_fields(fields)
-        console.print(f"  [bold]remembered:[/] {encounter.summary}")
-        return True
+        if encounter.session == session:
+            console.print(f"  [bold]remembered:[/] {encounter.summary}")
+            return True
     return False
+
+
+def replay(audio: Path, frames: Path | None, realtime: bool, session: str | None) -> int:
+    """``convo replay``: a recording of your own into the stack that `convo up` runs."""
+    from services.memory.settings import MemorySettings
+    from shared.runtime import local_login
+
+    settings = local_login(ServiceSettings())
+    client = connect(settings, acl.ADMIN)
+    try:
+        wait_for_consumers(client, ["transcriber", "face", "memory"], timeout_s=10)
+    except RuntimeError as exc:
+        console.print(f"[bold red]{exc}[/]: start the stack first (`make run`, or `convo up`)")
+        return 1
+    session = session or f"replay-{time.strftime('%Y%m%d-%H%M%S')}"
+    gap_s = MemorySettings().encounter.gap_s
+    console.print(
+        f"[bold]replay:[/] {audio}{f' with {frames}' if frames else ''} as session {session}; memory "
+        f"remembers the conversation {gap_s:.0f} s after it goes quiet (CONVO_ENCOUNTER__GAP_S)"
+    )
+    remembered = play(client, settings, dict(os.environ), audio, frames, realtime, session, gap_s)
+    if not remembered:
+        console.print(
+            "[yellow]nothing remembered yet: no face, no speech, or memory is behind (`convo status`)[/]"
+        )
+    return 0
 
 
 def supervisor_conf(procfile: Path, state: Path) -> Path:

@@ -21,6 +21,7 @@ from services.capture.sources import (
     image_dir_frames,
     mic_chunks,
     read_audio_file,
+    recording_seconds,
     stdin_chunks,
     video_frames,
 )
@@ -142,7 +143,7 @@ class CaptureRunner:
 
     def _replay_frames(self) -> Iterator[RawFrame]:
         source = self.settings.frames.source
-        if source is None or source == "http":
+        if source in (None, "", "none", "http"):
             return iter(())
         if Path(source).is_dir():
             return image_dir_frames(Path(source), self.settings.frames.replay_fps)
@@ -191,6 +192,8 @@ class CaptureRunner:
             elif audio == "none":
                 self.stop.wait()
             else:
+                if not self.settings.audio.realtime:  # a fast replay ends now: no time in the future
+                    self.handler.start_clock(time.time() - recording_seconds(Path(audio)))
                 self.replay(Path(audio))
         except SourceError as exc:
             self.publisher.dead_letter("capture", audio, str(exc), session=self.session)

@@ -42,6 +42,20 @@ def read_audio_file(path: Path) -> np.ndarray:
     return audio
 
 
+def recording_seconds(source: Path) -> float:
+    """How long the recordings of ``source`` last, from their containers (0 for one unreadable)."""
+    import av
+
+    total = 0.0
+    for path in audio_files(source):
+        try:
+            with av.open(str(path)) as container:
+                total += (container.duration or 0) / 1_000_000
+        except Exception:  # an unreadable file is dead-lettered when it is played
+            continue
+    return total
+
+
 def audio_files(source: Path) -> list[Path]:
     if source.is_dir():
         return sorted(p for p in source.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)

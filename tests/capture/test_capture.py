@@ -250,3 +250,21 @@ def test_speech_in_progress_is_marked_until_its_segment_is_written(
     [seg] = segments(r)
     assert r.get(key) is None, "the mark goes once the segment is written"
     assert seg.t_start == pytest.approx(float(mark), abs=0.6)
+
+
+def test_a_fast_replay_of_a_recording_ends_now_not_in_the_future(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    """`python -m services.capture --audio meeting.wav` without --realtime plays in a fraction of
+    the recording's length; its speech is stamped as if it had just been recorded, ending now
+    (memory refuses times from the future)."""
+    wav = write_wav(
+        tmp_path / "meeting.wav", np.concatenate([SILENCE_2S, speech(SARAH, tmp_path), SILENCE_2S])
+    )
+    capture_settings.audio = capture_settings.audio.model_copy(update={"source": str(wav), "realtime": False})
+    runner = CaptureRunner(capture_settings, Publisher(r, capture_settings), vad)
+    runner.run()
+    done = time.time()
+    [seg] = segments(r)
+    assert seg.t_end <= done, f"{seg.t_end - done:.1f} s in the future"
+    assert done - seg.t_end < 4.0, "and it ends about when the recording's speech does, before now"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
 import redis
 
 from services.trainer.dataset import Dataset
@@ -152,3 +153,49 @@ def test_services_started_by_hand_find_the_local_stack_users(tmp_path: Path) -> 
         assert admin.xlen("audio:segments") == 1
         groups = {g["name"]: g for g in admin.xinfo_groups("transcripts")}
         assert b"memory" in groups, "memory logged in and made its group"
+
+
+def test_convo_replay_plays_your_own_recording_into_the_running_stack(
+    r: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A recording (here espeak-ng, as an .m4a-free WAV) and a folder of photos into the stack that
+    `convo up` runs: what was heard, the card, and what memory remembered are printed."""
+    import cv2
+
+    from tests.face.conftest import photo
+    from tests.speech import speech, write_wav
+
+    meeting = write_wav(
+        tmp_path / "meeting.wav",
+        np.concatenate([np.zeros(8000, np.float32), speech("Hi, I'm Maya Patel from Figma.", tmp_path)]),
+    )
+    (tmp_path / "photos").mkdir()
+    cv2.imwrite(str(tmp_path / "photos" / "maya.jpg"), photo("astronaut"))
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(
+        "".join(f"{s}: exec python -m services.{s}\n" for s in ("transcriber", "face", "memory"))
+    )
+    env = {
+        **os.environ, "CONVO_REDIS_URL": redis_server.url, "CONVO_STATE_DIR": str(tmp_path / "state"),
+        "CONVO_ENCOUNTER__GAP_S": "3",
+    }  # fmt: skip
+    convo = str(Path(sys.executable).with_name("convo"))
+    stack = subprocess.Popen(
+        [convo, "up", "--procfile", str(procfile)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [convo, "replay", str(meeting), "--frames", str(tmp_path / "photos"), "--session", "mine"],
+            env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.killpg(stack.pid, signal.SIGINT)
+        stack.wait(90)
+    out = " ".join(done.stdout.split())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "heard: Hi, I'm Maya Patel from Figma" in out, out
+    assert "overlay:" in out and "remembered: Met Maya Patel from Figma." in out, out
+    assert [e.session for _, f in r.xrange("encounters") for e in [EncounterMessage.from_fields(f)]] == [
+        "mine"
+    ]
