@@ -20,7 +20,7 @@ from shared.redis_server import RedisServer
 from shared.runtime import STATE_DIR, connect
 from shared.schemas import EncounterMessage, RecallMessage, TranscriptMessage
 from shared.settings import ServiceSettings
-from shared.streams import heartbeat_key
+from shared.streams import heartbeat_key, stream_id
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = STATE_DIR
@@ -80,13 +80,14 @@ class StreamFollower:
             self.cursors[stream] = last[0][0] if last else b"0-0"
 
     def new(self, block_ms: int | None = None) -> list[tuple[str, dict[bytes, bytes]]]:
+        """The new entries of all the streams, in the order they were written."""
         reply = self.client.xread(self.cursors, block=block_ms) or []
         out = []
         for stream, entries in reply:
             for entry_id, fields in entries:
                 self.cursors[stream.decode()] = entry_id
-                out.append((stream.decode(), fields))
-        return out
+                out.append((stream_id(entry_id), stream.decode(), fields))
+        return [(stream, fields) for _, stream, fields in sorted(out, key=lambda e: e[0])]
 
 
 def overlay_url() -> str:
@@ -131,17 +132,20 @@ def play(
     subprocess.run(
         [sys.executable, "-m", "services.capture", "--audio", str(audio), "--frames", str(frames or "none"),
          "--realtime" if realtime else "--no-realtime", "--session", session],
-        env=env, check=True,
+        env={**env, "CONVO_LOG_LEVEL": "WARNING"}, check=True,  # its progress is what is printed here
     )  # fmt: skip
     deadline = time.monotonic() + gap_s + 60
+    shown: list[str] = []  # a card renewed while its person stays is printed once
     while time.monotonic() < deadline:  # until memory closes the conversation
         for stream, fields in follow.new(block_ms=1000):
-            if show(stream, fields, settings, session):
+            if show(stream, fields, settings, session, shown):
                 return True
     return False
 
 
-def show(stream: str, fields: dict[bytes, bytes], settings: ServiceSettings, session: str) -> bool:
+def show(
+    stream: str, fields: dict[bytes, bytes], settings: ServiceSettings, session: str, shown: list[str]
+) -> bool:
     """Print one entry of a replayed session's output; True for its finished conversation."""
     s = settings.streams
     if stream == s.transcripts:
@@ -150,8 +154,10 @@ def show(stream: str, fields: dict[bytes, bytes], settings: ServiceSettings, ses
             console.print(f"  [dim]heard:[/] {msg.text}")
     elif stream == s.recalls:
         card = RecallMessage.from_fields(fields)
-        if card.recall_id.startswith(f"{session}-"):  # capture's ids start with the session
-            console.print(f"  [bold green]overlay:[/] {card.summary}{f' ({card.note})' if card.note else ''}")
+        line = f"{card.summary}{f' ({card.note})' if card.note else ''}"
+        if card.recall_id.startswith(f"{session}-") and line not in shown[-1:]:  # ids start with the session
+            shown.append(line)
+            console.print(f"  [bold green]overlay:[/] {line}")
     elif stream == s.encounters:
         encounter = EncounterMessage.from_fields(fields)
         if encounter.session == session:
@@ -232,6 +238,7 @@ EVENTS = [
     (re.compile(r"spawned: '(\S+)' with pid (\d+)"), "[dim]{0} started (pid {1})[/]"),
     (re.compile(r"success: (\S+) entered RUNNING"), None),
     (re.compile(r"Privileges were not dropped|without any HTTP authentication"), None),  # root; a 0700 socket
+    (re.compile(r"received SIG\w+ indicating exit request"), None),  # the stop the user asked for
     (re.compile(r"(CRIT|WARN|ERRO)\w* (.*)"), "[yellow]supervisord: {1}[/]"),
 ]  # fmt: skip
 
