@@ -143,6 +143,17 @@ def converse(
     return handler
 
 
+def meet_sarah(
+    r: redis.Redis, settings: MemorySettings, voice_model: VoiceEncoderModel, readers: Readers,
+    embeddings: dict[str, np.ndarray], t: float,
+) -> str:  # fmt: skip
+    """Sarah (the card reader's voice, a face of t1) met once and introduced; her person id."""
+    cards = readers["cards-reader"]
+    said = [(cards[1][0], "Hi, I'm Sarah Chen from Stripe."), (cards[4][0], "I work on payments.")]
+    converse(r, settings, voice_model, "met", t, said, [face("met", "met-f1", embeddings["t1-2"], t)])
+    return next(e.person_id for e in encounters(r) if e.session == "met")
+
+
 def cards_of(r: redis.Redis, session: str) -> list[RecallMessage]:
     return [
         c
@@ -160,12 +171,7 @@ def test_a_known_voice_names_a_speaker_out_of_frame_and_forget_removes_it(
     voice views are in the database until she is forgotten, then nowhere."""
     cards = readers["cards-reader"]
     t = time.time() - 600
-    converse(
-        r, memory_settings, voice_model, "met", t, [(cards[1][0], "Hi, I'm Sarah Chen from Stripe."),
-        (cards[4][0], "I work on payments.")], [face("met", "met-f1", embeddings["t1-2"], t)],
-    )  # fmt: skip
-    [met] = encounters(r)
-    sarah = met.person_id
+    sarah = meet_sarah(r, memory_settings, voice_model, readers, embeddings, t)
     views = r.hvals(MemoryKeys.voices(sarah))
     assert len(views) == 2, "her lines became her voice views"
     assert not r.hlen(MemoryKeys.voiceprints("met")), "and left the session's keeping"
@@ -193,11 +199,7 @@ def test_a_face_and_a_voice_that_disagree_make_no_wrong_card(
     Tom's card stays, no card of hers."""
     cards = readers["cards-reader"]
     t = time.time() - 900
-    converse(
-        r, memory_settings, voice_model, "met", t, [(cards[1][0], "Hi, I'm Sarah Chen from Stripe."),
-        (cards[4][0], "I work on payments.")], [face("met", "met-f1", embeddings["t1-2"], t)],
-    )  # fmt: skip
-    sarah = encounters(r)[0].person_id
+    sarah = meet_sarah(r, memory_settings, voice_model, readers, embeddings, t)
     tom_says = [
         (readers["librivox-reader"][0][0], "Hi there."),
         (speak("en-us", "I'm Tom Berg."), "I'm Tom Berg."),
@@ -257,10 +259,7 @@ def test_in_a_group_the_face_whose_voice_speaks_is_the_one_talked_to(
     card, and the conversation is hers."""
     cards = readers["cards-reader"]
     t = time.time() - 900
-    converse(
-        r, memory_settings, voice_model, "met", t, [(cards[1][0], "Hi, I'm Sarah Chen from Stripe."),
-        (cards[4][0], "I work on payments.")], [face("met", "met-f1", embeddings["t1-2"], t)],
-    )  # fmt: skip
+    sarah = meet_sarah(r, memory_settings, voice_model, readers, embeddings, t)
     tom_says = [
         (readers["librivox-reader"][0][0], "Hi there."),
         (speak("en-us", "I'm Tom Berg."), "I'm Tom Berg."),
@@ -274,7 +273,7 @@ def test_in_a_group_the_face_whose_voice_speaks_is_the_one_talked_to(
         tom_says,
         [face("tom", "f", embeddings["astronaut"], t + 100)],
     )
-    sarah, tom = (next(e.person_id for e in encounters(r) if e.session == s) for s in ("met", "tom"))
+    tom = next(e.person_id for e in encounters(r) if e.session == "tom")
     t2 = t + 400
     group = []
     for i in range(3):
