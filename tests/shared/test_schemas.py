@@ -17,12 +17,13 @@ from shared.schemas import (
     RecallMessage,
     StreamMessage,
     TranscriptMessage,
+    VoiceMessage,
     embedding_to_bytes,
 )
 
 
-def unit_vector(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(512).astype(np.float32)
+def unit_vector(seed: int, dim: int = 512) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
     return v / np.linalg.norm(v)
 
 
@@ -39,6 +40,10 @@ SAMPLES: list[StreamMessage] = [
     FaceMessage(
         face_id="f1:0", frame_id="f1", session="day1", t=2.0, bbox=[1.0, 2.0, 30.5, 40.0], det_score=0.87,
         landmarks=[[1.0, 2.0]] * 5, embedding=embedding_to_bytes(unit_vector(0)), thumb=b"\xff\xd8",
+    ),
+    VoiceMessage(
+        segment_id="s1", session="day1", t_start=1.5, t_end=3.25,
+        embedding=embedding_to_bytes(unit_vector(1, dim=256)), speech_s=1.6, model="resemblyzer-ge2e",
     ),
     RecallMessage(
         recall_id="r1", person_id="p1", name="Sarah Chen", summary="Sarah from Stripe", similarity=0.8, t=3.0
