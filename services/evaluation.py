@@ -60,6 +60,7 @@ from shared.settings import ConsumerSettings, ServiceSettings
 WEARER = "Alex"
 """The wearer's name in the scenes."""
 GAP_S = 3.0
+DAYS_APART = 3
 """The pause that ends a scene's conversation (scenes are seconds long, not hours)."""
 
 
@@ -209,7 +210,7 @@ class Evaluation:
         self.memory = MemoryHandler(client, self.memory_settings)
         self.vad = SileroVadModel()
         self.labels: dict[str, str] = {}
-        self.clock = time.time() - 30 * 86400.0  # scenes happen days apart, starting a month ago
+        self.clock = time.time() - 30 * 86400.0  # scenes happen DAYS_APART apart; evaluate() sets the start
 
     def write(self, scene: Scene, folder: Path) -> tuple[Path, float]:
         """The scene as replay files; returns the WAV and the time of speech it holds."""
@@ -253,7 +254,7 @@ class Evaluation:
         runner.handler.start_clock(self.clock if not self.realtime else time.time())
         if scene.enroll and self.voice is not None:
             self._enroll(scene.enroll)
-        self.clock += 3 * 86400.0
+        self.clock += DAYS_APART * 86400.0
         with self._live_stages():
             runner.replay(wav)
         self._run_stages()
@@ -460,4 +461,5 @@ def evaluate(
     with private_stack() as (client, settings, root), ExitStack() as stack:
         watch = stack.enter_context(PageWatch(settings.redis_url)) if page else None
         run = Evaluation(client, settings, root, realtime, context, watch, voice)
+        run.clock = time.time() - DAYS_APART * 86400.0 * (len(scenes) + 1)  # the last one still in the past
         return Scorecard([run.play(scene, i) for i, scene in enumerate(scenes)])

@@ -375,6 +375,8 @@ class MemoryHandler:
         weights = {p: w * (bonus if named(profiles[p].name, texts) else 1.0) for p, w in people.items()}
         pid = pick(weights, {p for p, person in profiles.items() if person.known})
         assert pid is not None
+        if not profiles[pid].known and (named_instead := self._named_instead(pid, texts)):
+            pid, profiles[named_instead] = named_instead, self.store.profile(named_instead)
         transcript = " ".join(texts)
         extraction = self._extract(texts, speakers)
         summary = encounter_summary(profiles[pid], extraction)
@@ -407,6 +409,24 @@ class MemoryHandler:
                 ],
             )
         ]  # fmt: skip
+
+    def _named_instead(self, pid: str, texts: list[str]) -> str | None:
+        """A stranger's conversation in which a known person was named whose face the stranger's
+        is borderline close to: it was them, seen too far off to be sure. The name settles it, as
+        it does for a face (:meth:`PersonStore.match`), whichever came first."""
+        views = self.store.views(pid)
+        if views is None:
+            return None
+
+        def said(other: str) -> bool:
+            return named(self.store.profile(other).name, texts)
+
+        for view in views:
+            match = self.store.match(view, exclude={pid}, named=said)
+            if match.outcome == "named" and match.person_id:
+                log.info("person=%s outcome=named-instead-of stranger=%s", match.person_id, pid)
+                return match.person_id
+        return None
 
     def _keep_voices(self, c: Closing, pid: str, speakers: list[str]) -> None:
         """The other person's lines become their voice views, leaving out any voice that is

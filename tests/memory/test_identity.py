@@ -168,6 +168,29 @@ def test_a_name_heard_settles_a_borderline_match(
     assert all(c.person_id != sarah for c in cards(r) if c.recall_id.startswith("other")), "not her name"
 
 
+def test_a_name_heard_after_the_faces_still_settles_the_conversation(
+    r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
+) -> None:
+    """Every frame of Sarah far off came before her name was heard (a replay that runs faces first,
+    or a glimpse): no card of hers then, but the conversation is hers, not a stranger's."""
+    handler = MemoryHandler(r, memory_settings)
+    t = time.time() - 90
+    astronaut = photo("astronaut")
+    sarah = meet(r, memory_settings, handler, face_pack, astronaut, "m1", "Hi, I'm Sarah Chen.", t)
+    far = glimpse(astronaut)
+    r.sadd(MemoryKeys.SESSIONS, "far")
+    now = time.time()
+    for i in (1, 2):
+        show(r, faces_of(face_pack, far, "far", f"far-f{i}", now - 3 + i))
+    run(r, memory_settings, handler)  # within the gap: the conversation is still open
+    assert all(c.person_id != sarah for c in cards(r) if c.recall_id.startswith("far")), "borderline alone"
+    r.xadd("transcripts", line("far", 1, "Sarah! Good to see you again.", now - 0.5).to_fields())
+    settle(r, memory_settings, handler)
+    assert [e.person_id for e in encounters(r) if e.session == "far"] == [sarah]
+    [encounter] = [e for e in encounters(r) if e.session == "far"]
+    assert encounter.summary.startswith("Met Sarah Chen again"), encounter.summary
+
+
 def test_the_screen_follows_the_view(
     r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
 ) -> None:
