@@ -295,3 +295,22 @@ def test_in_a_group_the_face_whose_voice_speaks_is_the_one_talked_to(
     shown = cards_of(r, "group")
     assert shown[-1].person_id == sarah, [(c.person_id, c.note) for c in shown]
     assert [e.person_id for e in encounters(r) if e.session == "group"] == [sarah]
+
+
+def test_merge_moves_voice_views_and_the_voice_then_names_the_kept_person(
+    r: redis.Redis, memory_settings: MemorySettings, voice_model: VoiceEncoderModel,
+    readers: Readers, enrolled: int, embeddings: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """The wearer says Sarah and another person are one: her voice views move to the one kept,
+    whom her voice then names."""
+    t = time.time() - 900
+    sarah = meet_sarah(r, memory_settings, voice_model, readers, embeddings, t)
+    handler = MemoryHandler(r, memory_settings)
+    keep = handler.store.identify(embeddings["t1-4"]).person_id
+    assert keep and keep != sarah
+    views = set(r.hvals(MemoryKeys.voices(sarah)))
+    handler.admin.merge(keep, sarah)
+    assert set(r.hvals(MemoryKeys.voices(keep))) == views and not r.exists(MemoryKeys.voices(sarah))
+    assert r.smembers(MemoryKeys.VOICED) == {keep.encode()}
+    audio, _ = readers["cards-reader"][2]
+    assert handler.voices.match(voice_model.embed(audio)[0])[0] == keep
