@@ -106,17 +106,22 @@ def test_a_frame_flood_is_shed_at_capture_and_speech_is_not_lost(
     forwarded, dropped = answers.count(True), answers.count(False)
     seconds = len(audio) / RATE
     assert len(answers) >= FPS * seconds * 0.5, "the flood really ran at about 20 fps"
-    assert admin.xlen("frames") == forwarded
+    records = json_records(capture.log.read_text().splitlines())
+    [summary] = [r["msg"] for r in records if r["msg"].startswith("capture session fl:")]
+    published = int(summary.split(" segments, ")[1].split(" frames")[0])
+    counted = ast.literal_eval(summary.split("frames dropped ")[1])  # by reason
+    assert admin.xlen("frames") == published, "every frame capture published is there, and no other"
+    # Besides the frames answered "forwarded", capture sends the one it held from just before
+    # speech began (answered "not forwarded" at the time), unless backpressure drops it then.
+    held_sent, held_dropped = published - forwarded, sum(counted.values()) - dropped
+    assert held_sent >= 0 and held_dropped >= 0 and held_sent + held_dropped <= len(segments), summary
     worst = max(s[0] for s in samples)
     assert worst <= MAX_BACKLOG + 10, f"the face stage's backlog stayed near {MAX_BACKLOG}: {worst}"
     half = len(samples) // 2
     for i, what in ((1, "face"), (2, "capture"), (3, "redis")):
         growth = max(s[i] for s in samples[half:]) - max(s[i] for s in samples[:half])
         assert growth < 100, f"{what} memory grows under the flood: +{growth:.0f} MB"
-    records = json_records(capture.log.read_text().splitlines())
-    [summary] = [r["msg"] for r in records if r["msg"].startswith("capture session fl:")]
-    counted = ast.literal_eval(summary.split("frames dropped ")[1])  # by reason
-    assert sum(counted.values()) == dropped and counted["backpressure"] > forwarded / 4, summary
+    assert counted["backpressure"] > forwarded / 4, summary
     assert any("face stage is" in r["msg"] for r in records), "capture says it is shedding"
     figures = {
         "fps": FPS, "seconds": round(seconds), "frames_posted": len(answers), "forwarded": forwarded,
