@@ -154,6 +154,19 @@ def meet_sarah(
     return next(e.person_id for e in encounters(r) if e.session == "met")
 
 
+def meet_tom(
+    r: redis.Redis, settings: MemorySettings, voice_model: VoiceEncoderModel, readers: Readers,
+    embeddings: dict[str, np.ndarray], t: float,
+) -> str:  # fmt: skip
+    """Tom (the astronaut's face, an espeak voice) met once; the wearer greets him. His id."""
+    said = [
+        (readers["librivox-reader"][0][0], "Hi there."),
+        (speak("en-us", "I'm Tom Berg."), "I'm Tom Berg."),
+    ]
+    converse(r, settings, voice_model, "tom", t, said, [face("tom", "tom-f1", embeddings["astronaut"], t)])
+    return next(e.person_id for e in encounters(r) if e.session == "tom")
+
+
 def cards_of(r: redis.Redis, session: str) -> list[RecallMessage]:
     return [
         c
@@ -200,23 +213,15 @@ def test_a_face_and_a_voice_that_disagree_make_no_wrong_card(
     cards = readers["cards-reader"]
     t = time.time() - 900
     sarah = meet_sarah(r, memory_settings, voice_model, readers, embeddings, t)
-    tom_says = [
-        (readers["librivox-reader"][0][0], "Hi there."),
-        (speak("en-us", "I'm Tom Berg."), "I'm Tom Berg."),
-    ]
-    converse(
-        r, memory_settings, voice_model, "tom", t + 100, tom_says,
-        [face("tom", "tom-f1", embeddings["astronaut"], t + 100)],
-    )  # fmt: skip
-    tom = [e.person_id for e in encounters(r) if e.session == "tom"]
-    assert tom and tom[0] != sarah
+    tom = meet_tom(r, memory_settings, voice_model, readers, embeddings, t + 100)
+    assert tom != sarah
     t2 = t + 400
     converse(
         r, memory_settings, voice_model, "both", t2, [(cards[2][0], "Over here!"), (cards[3][0], "Yes.")],
         [face("both", f"both-f{i}", embeddings["astronaut"], t2 + i) for i in range(3)],
     )  # fmt: skip
     shown = cards_of(r, "both")
-    assert shown and all(c.person_id == tom[0] for c in shown), [(c.person_id, c.note) for c in shown]
+    assert shown and all(c.person_id == tom for c in shown), [(c.person_id, c.note) for c in shown]
 
 
 def test_bad_voices_go_to_dlq_and_memory_goes_on(
@@ -260,20 +265,7 @@ def test_in_a_group_the_face_whose_voice_speaks_is_the_one_talked_to(
     cards = readers["cards-reader"]
     t = time.time() - 900
     sarah = meet_sarah(r, memory_settings, voice_model, readers, embeddings, t)
-    tom_says = [
-        (readers["librivox-reader"][0][0], "Hi there."),
-        (speak("en-us", "I'm Tom Berg."), "I'm Tom Berg."),
-    ]
-    converse(
-        r,
-        memory_settings,
-        voice_model,
-        "tom",
-        t + 100,
-        tom_says,
-        [face("tom", "f", embeddings["astronaut"], t + 100)],
-    )
-    tom = next(e.person_id for e in encounters(r) if e.session == "tom")
+    tom = meet_tom(r, memory_settings, voice_model, readers, embeddings, t + 100)
     t2 = t + 400
     group = []
     for i in range(3):
