@@ -35,6 +35,7 @@ from services.memory.grounding import said, words
 from services.memory.handler import MemoryHandler
 from services.memory.settings import EncounterSettings, MemorySettings
 from services.pagewatch import PageWatch, Shown
+from services.scribe.handler import Scribe
 from services.transcriber.context import SessionContext
 from services.transcriber.handler import TranscriberHandler
 from services.transcriber.model import WhisperSpeechModel
@@ -47,6 +48,7 @@ from shared.publisher import Publisher
 from shared.redis_server import RedisServer
 from shared.schemas import (
     AudioSegmentMessage,
+    ConversationMessage,
     EncounterMessage,
     FaceMessage,
     FrameMessage,
@@ -208,6 +210,7 @@ class Evaluation:
             encounter=EncounterSettings(gap_s=GAP_S, tick_s=0.05),
         )  # fmt: skip
         self.memory = MemoryHandler(client, self.memory_settings)
+        self.scribe = Scribe(client, self.memory_settings)
         self.vad = SileroVadModel()
         self.labels: dict[str, str] = {}
         self.clock = time.time() - 30 * 86400.0  # scenes happen DAYS_APART apart; evaluate() sets the start
@@ -284,6 +287,7 @@ class Evaluation:
                 self.redis, self.settings, "transcriber", {AudioSegmentMessage: self.whisper}, stop=stop
             ),
             Consumer(self.redis, self.memory_settings, "memory", self._memory, stop=stop, ticker=self.memory),
+            self._scribe(stop),
         ]
         if self.voice is not None:
             consumers.append(
@@ -309,6 +313,13 @@ class Evaluation:
         if self.voice is not None:
             Consumer(self.redis, s, "voice", {AudioSegmentMessage: self.voice}).run(burst=True)
         Consumer(self.redis, m, "memory", self._memory, ticker=self.memory).run(burst=True)
+        self._scribe().run(burst=True)
+
+    def _scribe(self, stop: threading.Event | None = None) -> Consumer:
+        return Consumer(
+            self.redis, self.memory_settings, "scribe", {ConversationMessage: self.scribe}, stop=stop,
+            ticker=self.scribe, committed=self.scribe.committed,
+        )  # fmt: skip
 
     @property
     def _memory(self) -> dict[type[StreamMessage], Callable[..., list]]:

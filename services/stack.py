@@ -105,7 +105,7 @@ def play_demo(settings: ServiceSettings, env: dict[str, str]) -> None:
 
     client = connect(settings, acl.ADMIN)
     console.print("[bold]demo:[/] waiting for the services to load their models...")
-    wait_for_consumers(client, ["transcriber", "face", "memory"])
+    wait_for_consumers(client, ["transcriber", "face", "memory", "scribe"])
     console.print(
         f"[bold]demo:[/] the overlay is at [link]{overlay_url()}[/link]; open it to watch the cards"
     )
@@ -174,7 +174,7 @@ def replay(audio: Path, frames: Path | None, realtime: bool, session: str | None
     settings = local_login(ServiceSettings())
     client = connect(settings, acl.ADMIN)
     try:
-        wait_for_consumers(client, ["transcriber", "face", "memory"], timeout_s=10)
+        wait_for_consumers(client, ["transcriber", "face", "memory", "scribe"], timeout_s=10)
     except RuntimeError as exc:
         console.print(f"[bold red]{exc}[/]: start the stack first (`make run`, or `convo up`)")
         return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from shared.schemas import (
     AdapterMessage,
     AudioSegmentMessage,
+    ConversationMessage,
     EncounterMessage,
     FaceMessage,
     FrameMessage,
@@ -92,12 +93,17 @@ GRANTS = (
     Grant("voice", consumes=(AudioSegmentMessage,), produces=(VoiceMessage,)),
     Grant(
         "memory", consumes=(TranscriptMessage, FaceMessage, VoiceMessage),
-        produces=(RecallMessage, EncounterMessage),
+        produces=(RecallMessage, ConversationMessage),
         # it waits for the transcriber's backlog before it ends a conversation
-        follows=(AdapterMessage,), watches=(AudioSegmentMessage,), keys=MEMORY_KEYS,
-        read_keys=(f"{KEY_PREFIX}:trainer:*",),
+        watches=(AudioSegmentMessage,), keys=MEMORY_KEYS,
         forgets=True,  # an expired candidate's face goes from every stream
         # conversations are stamped with the server's clock; what was just said is a short list
+        commands=(*LOOP, *RECORDS, "@list", "time"),
+    ),
+    Grant(
+        # the local backend loads the newest adapter the trainer announced
+        "scribe", consumes=(ConversationMessage,), produces=(EncounterMessage,),
+        follows=(AdapterMessage,), keys=MEMORY_KEYS, read_keys=(f"{KEY_PREFIX}:trainer:*",),
         commands=(*LOOP, *RECORDS, "@list", "time"),
     ),
     Grant(

@@ -156,9 +156,13 @@ class Consumer:
         handlers: Mapping[type[StreamMessage], Handler],
         stop: threading.Event | None = None,
         ticker: Ticker | None = None,
+        committed: Callable[[Outputs], None] | None = None,
     ) -> None:
         self.redis = client
         self.ticker = ticker
+        self.committed = committed
+        """Told the handlers' outputs once they are written, as a ticker is told its own: the state
+        they were made from may go then, and not before."""
         self._last_tick = 0.0
         self.settings = settings
         self.cfg = settings.consumer
@@ -436,6 +440,9 @@ class Consumer:
             for entry in batch:
                 self._commit_alone(entry)
         self._account([e for e in batch if e.outcome in ACKED])
+        written = [o for e in batch if e.outcome in (Outcome.DONE, Outcome.DUPLICATE) for o in e.outputs]
+        if self.committed is not None and written:
+            self.committed(written)
 
     def _commit_entries(self, entries: list[_Entry]) -> None:
         fresh = [e for e in entries if e.outcome is Outcome.DONE]

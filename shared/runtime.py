@@ -14,7 +14,7 @@ import typer
 from prometheus_client import start_http_server
 
 from shared import acl
-from shared.consumer import Consumer, Handler, Ticker
+from shared.consumer import Consumer, Handler, Outputs, Ticker
 from shared.logs import configure_logging
 from shared.schemas import StreamMessage
 from shared.settings import ServiceSettings
@@ -84,6 +84,8 @@ class Stage:
 
     handlers: Mapping[type[StreamMessage], Handler]
     ticker: Ticker | None = None
+    committed: Callable[[Outputs], None] | None = None
+    """Told the handlers' outputs once they are written (:class:`Consumer`)."""
 
 
 def serve(
@@ -105,7 +107,14 @@ def serve(
     stage = build()
     if not isinstance(stage, Stage):
         stage = Stage(stage)
-    consumer = Consumer(connect(settings, group), settings, group, stage.handlers, ticker=stage.ticker)
+    consumer = Consumer(
+        connect(settings, group),
+        settings,
+        group,
+        stage.handlers,
+        ticker=stage.ticker,
+        committed=stage.committed,
+    )
     log.info("%s consumer %s on %s", group, settings.consumer_name, settings.redis_url)
     consumer.run(burst=burst)
     return 0

@@ -246,6 +246,23 @@ class RecallMessage(StreamMessage):
     """Why the card is news, e.g. "introduced just now"."""
 
 
+class ConversationMessage(StreamMessage):
+    """A conversation memory has ended, for the scribe to write down as an encounter.
+
+    Its segments and sightings wait in Redis under the encounter id until the encounter is
+    written (``services/memory/conversations.py``); the entry is only the hand-over.
+    """
+
+    STREAM = "conversations"
+    KEY = "encounter_id"
+
+    encounter_id: Id
+    session: Id
+    t_start: float
+    t_end: float
+    segments: Annotated[int, Field(ge=0)]
+
+
 class EncounterMessage(StreamMessage):
     """One finished conversation with one person."""
 
@@ -297,6 +314,7 @@ MESSAGE_TYPES: dict[str, type[StreamMessage]] = {
         FaceMessage,
         VoiceMessage,
         RecallMessage,
+        ConversationMessage,
         EncounterMessage,
         AdapterMessage,
     )

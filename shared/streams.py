@@ -26,8 +26,10 @@ class StreamNames(BaseModel):
     """One speaker embedding per speech segment, from the voice service."""
     recalls: str = "recalls"
     """Recall cards for the overlay, from memory."""
+    conversations: str = "conversations"
+    """Conversations memory has ended, for the scribe to write down."""
     encounters: str = "encounters"
-    """Finished conversations, from memory."""
+    """Finished conversations, written down by the scribe."""
     dlq: str = "dlq"
     """Entries that could not be handled, with their error."""
     trainer_runs: str = "trainer:runs"
@@ -53,6 +55,8 @@ class StreamCaps(BaseModel):
     """A 1 KB embedding each."""
     recalls: int = 10_000
     """Cards shown on the overlay."""
+    conversations: int = 10_000
+    """Hand-overs of ended conversations; small, and read at once."""
     encounters: int = 100_000
     """The conversation history the trainer reads."""
     dlq: int = 10_000
@@ -72,6 +76,7 @@ class Groups:
     FACE = "face"
     VOICE = "voice"
     MEMORY = "memory"
+    SCRIBE = "scribe"
     OVERLAY = "overlay"
     TRAINER = "trainer"
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).parents[1]
-SCALABLE = ["transcriber", "face", "voice", "memory"]
+SCALABLE = ["transcriber", "face", "voice", "memory", "scribe"]
 GPU = ["transcriber", "face", "voice", "trainer"]
 
 

@@ -1,6 +1,6 @@
-"""``python -m services.memory [--check] [--burst]``: faces, transcripts and voices into person memory."""
+"""``python -m services.memory [--check] [--burst]``: faces, transcripts and voices into person memory;
+ended conversations to the scribe."""
 
-from services.memory.extract import build_extractor
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
 from shared.runtime import Stage, connect, stage_app
@@ -10,7 +10,7 @@ from shared.streams import Groups
 
 def build(settings: MemorySettings) -> Stage:
     client = connect(settings, Groups.MEMORY)
-    handler = MemoryHandler(client, settings, build_extractor(settings, client))
+    handler = MemoryHandler(client, settings)
     handlers = {
         FaceMessage: handler.on_face,
         TranscriptMessage: handler.on_transcript,

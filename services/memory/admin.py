@@ -85,6 +85,10 @@ class PersonAdmin:
             views=person.views, facts=len(person.facts), encounters=len(person.encounter_ids)
         )
         self._scrub_streams(pid, views, self.repo.lineage(pid), segments, counts)
+        ended = set(person.encounter_ids)  # the hand-overs to the scribe: ids and times only, but theirs
+        self._drop_entries(
+            self.streams.conversations, counts, lambda f: text(f.get(b"encounter_id", b"")) in ended
+        )
         self.repo.delete(pid, person.encounter_ids)
         self.repo.drop_changes_of(pid)
         counts["training rows"] = Dataset(self.dataset).forget(pid)

@@ -27,7 +27,7 @@ import redis
 
 from services.memory.repository import text
 from shared.retention import oldest_unfinished
-from shared.schemas import dead_letter
+from shared.schemas import ConversationMessage, dead_letter
 from shared.streams import MemoryKeys
 
 _NOW = """
@@ -60,15 +60,18 @@ return tostring(t)
 """
 )
 # ARGV[4..]: eid, closing key, closing set, t_lo, t_hi, last ('1': the session's state goes too),
-# t_start, t_end, then the segment ids. Sightings (by the second) from before t_lo belong to no
-# conversation left open and go; those up to t_hi go with the conversation.
+# t_start, t_end, the hand-over stream, its cap, the hand-over's fields (a JSON list), then the
+# segment ids. Sightings (by the second) from before t_lo belong to no conversation left open and
+# go; those up to t_hi go with the conversation. The hand-over is written with the state it hands
+# over, once, so the scribe hears of every ended conversation exactly when it can read it.
 SEAL = """
 local key, session, eid, closing = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local t_lo, t_hi = tonumber(ARGV[7]), tonumber(ARGV[8])
-if redis.call('EXISTS', closing) == 0 then
+local fresh = redis.call('EXISTS', closing) == 0
+if fresh then
   redis.call('HSET', closing, 'id', eid, 'session', session, 't_start', ARGV[10], 't_end', ARGV[11])
 end
-for i = 12, #ARGV do
+for i = 15, #ARGV do
   local segment = redis.call('HGET', key .. ':segments', ARGV[i])
   if segment then
     redis.call('HSET', closing .. ':segments', ARGV[i], segment)
@@ -88,6 +91,9 @@ if ARGV[9] == '1' and redis.call('HLEN', key .. ':segments') == 0 then
   redis.call('SREM', ARGV[3], session)
 end
 redis.call('SADD', ARGV[6], eid)
+if fresh then
+  redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', unpack(cjson.decode(ARGV[14])))
+end
 """
 # KEYS: none. ARGV: a ``:faces`` key, the person, and their new id ('' to remove them).
 REPOINT = """
@@ -137,8 +143,9 @@ class Closing:
 class Conversations:
     """Each session's open state and the ended conversations not yet written."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, handover: str = "conversations", cap: int = 10_000) -> None:
         self.redis = client
+        self.handover, self.cap = handover, cap
         self._seen = client.register_script(SEEN)
         self._heard = client.register_script(HEARD)
         self._seal = client.register_script(SEAL)
@@ -228,14 +235,19 @@ class Conversations:
     ) -> str:
         """End a conversation: these segments, and the sightings in ``window`` (speech time).
         ``last``: nothing else of the session is open, so its state goes. Returns the encounter id,
-        made from the first segment's id, so that two replicas sealing it at once agree."""
+        made from the first segment's id, so that two replicas sealing it at once agree. The scribe
+        hears of it on the hand-over stream (:class:`ConversationMessage`)."""
         eid = f"e-{segments[0]['id']}" if segments else f"e-{session}-silent"
         t_start = min(s["t_start"] for s in segments) if segments else window[0]
         t_end = max(s["t_end"] for s in segments) if segments else window[1]
+        handover = ConversationMessage(
+            encounter_id=eid, session=session, t_start=t_start, t_end=t_end, segments=len(segments)
+        )
+        fields = [str(x) for kv in handover.to_fields().items() for x in kv]
         self._seal(args=[
             *self._args(session), eid, MemoryKeys.closing(eid), MemoryKeys.CLOSING,
             repr(window[0]), repr(window[1]), "1" if last else "0", repr(t_start), repr(t_end),
-            *(s["id"] for s in segments),
+            self.handover, self.cap, json.dumps(fields), *(s["id"] for s in segments),
         ])  # fmt: skip
         return eid
 
@@ -283,7 +295,7 @@ class Conversations:
         letter = dead_letter(
             "memory:conversations", c.id, error,
             {"session": c.session, "segments": json.dumps(c.segments), "people": json.dumps(list(c.people))},
-            group="memory", failures=str(c.failures),
+            group="scribe", failures=str(c.failures),
         )  # fmt: skip
         closing = MemoryKeys.closing(c.id)
         with self.redis.pipeline() as pipe:

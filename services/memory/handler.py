@@ -1,4 +1,4 @@
-"""Faces and transcripts in; recall cards and finished conversations out."""
+"""Faces, transcripts and voices in; recall cards and ended conversations out."""
 
 import logging
 import math
@@ -6,24 +6,21 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import redis
 from prometheus_client import Counter
 
 from services.memory.admin import PersonAdmin
-from services.memory.conversations import Closing, Conversations
-from services.memory.extract import Extraction, Extractor, RulesExtractor, intentions
+from services.memory.conversations import Conversations
+from services.memory.extract import RulesExtractor
 from services.memory.grounding import grounded
 from services.memory.person_store import PersonStore
-from services.memory.recall import encounter_summary
 from services.memory.records import Person
 from services.memory.settings import MemorySettings
-from services.memory.view import Sighting, Views, evidence, named, pick, rank, subject
+from services.memory.view import Sighting, Views, evidence, named, rank, subject
 from services.memory.voices import VoiceIndex
 from services.memory.wearer import ME, THEM, Wearer
 from shared.schemas import (
     BadMessageError,
-    EncounterMessage,
     FaceMessage,
     RecallMessage,
     StreamMessage,
@@ -51,7 +48,6 @@ def split(segments: Sequence[dict[str, Any]], gap_s: float) -> list[list[dict[st
 
 
 MATCHES = Counter("convo_memory_faces_total", "Faces by outcome", ["outcome"])
-ENCOUNTERS = Counter("convo_memory_encounters_total", "Conversations closed, by outcome", ["outcome"])
 VOICES = Counter("convo_memory_voices_total", "Other voices heard, by outcome", ["outcome"])
 
 
@@ -62,14 +58,14 @@ class MemoryHandler:
     Redis, so any replica can add to a conversation or close it.
     """
 
-    def __init__(
-        self, client: redis.Redis, settings: MemorySettings, extractor: Extractor | None = None
-    ) -> None:
+    def __init__(self, client: redis.Redis, settings: MemorySettings) -> None:
         self.settings = settings
         self.store = PersonStore(
-            client, settings.match, extractor, settings.wearer_name, settings.view.candidate_ttl_s
+            client, settings.match, None, settings.wearer_name, settings.view.candidate_ttl_s
         )
-        self.conversations = Conversations(client)
+        self.conversations = Conversations(
+            client, settings.streams.conversations, settings.caps.conversations
+        )
         self.views = Views(client)
         self.admin = PersonAdmin(self.store, settings.streams, settings.dataset)
         self.wearer = Wearer(client, settings.voice_match.wearer_threshold)
@@ -254,16 +250,16 @@ class MemoryHandler:
         log.info("person=%s outcome=introduced segment=%s", ranked[0].pid, msg.segment_id)
         return self._card(msg.session, now, msg.segment_id, note="introduced just now")
 
-    def tick(self) -> list[EncounterMessage]:
-        """End the conversations that are over, and write every ended one.
+    def tick(self) -> list[StreamMessage]:
+        """End the conversations that are over; the scribe writes them down (``services/scribe``).
 
         A session's segments are cut into conversations where speech pauses for longer than
         ``gap_s`` (speech time). A conversation followed by another is over once every segment
         that could still belong to it has been transcribed and handled (:meth:`_settled`); the
         last one is over when the session is also quiet: no speech for ``gap_s`` and nothing
         handled for it for ``gap_s``, since transcripts trail the speech by the transcriber's
-        latency. An ended conversation's state stays until its encounter is written
-        (:meth:`committed`): a replica killed in between leaves it for the next tick.
+        latency. Sealing an ended conversation hands it over on the ``conversations`` stream in
+        the same step, so a replica killed at any point loses none and hands none over twice.
         """
         now = self.conversations.now()
         for pid in self.store.repo.expired_candidates(time.time()):
@@ -271,12 +267,7 @@ class MemoryHandler:
         if self._caught_up(now):
             for session in self.conversations.open_sessions():
                 self._cut(session, now)
-        out: list[EncounterMessage] = []
-        for eid in self.conversations.closing_ids():
-            closing = self.conversations.closing(eid)
-            if closing is not None:
-                out += self._write_isolated(closing)
-        return out
+        return []
 
     def _cut(self, session: str, now: float) -> None:
         """Seal the session's conversations that are over."""
@@ -324,27 +315,8 @@ class MemoryHandler:
                 return False
         return True
 
-    def _write_isolated(self, c: Closing) -> list[EncounterMessage]:
-        """One ended conversation that cannot be written must not hold up the others: it is tried
-        again on the next ticks, then goes to ``dlq`` with its state."""
-        try:
-            return self._encounter(c)
-        except redis.RedisError:
-            raise
-        except Exception as exc:
-            failures = self.conversations.failed(c.id)
-            log.exception("encounter=%s session=%s outcome=failed failures=%d", c.id, c.session, failures)
-            if failures >= self.settings.consumer.max_deliveries:
-                error = f"{type(exc).__name__}: {exc}"
-                self.conversations.bury(c, error, self.settings.streams.dlq, self.settings.caps.dlq)
-                ENCOUNTERS.labels("dlq").inc()
-            return []
-
     def committed(self, outputs: Sequence[StreamMessage]) -> None:
-        """The encounters are in the stream: their ended conversations' state can go."""
-        for msg in outputs:
-            if isinstance(msg, EncounterMessage):
-                self.conversations.discard(msg.encounter_id)
+        """The tick writes nothing itself: an ended conversation's hand-over is written with it."""
 
     def _caught_up(self, now: float) -> bool:
         """Whether memory has handled every face and transcript written before the last few seconds.
@@ -358,107 +330,3 @@ class MemoryHandler:
             if oldest is not None and now - oldest > CAUGHT_UP_S:
                 return False
         return True
-
-    def _encounter(self, c: Closing) -> list[EncounterMessage]:
-        """The ended conversation as an encounter, recorded in the person's profile (once)."""
-        people = {p: w for p, w in c.people.items() if self.store.repo.exists(p)}  # one may be forgotten
-        if not c.segments or not people:
-            outcome = "no speech" if not c.segments else "no face"
-            ENCOUNTERS.labels(outcome).inc()
-            log.info("encounter=%s session=%s closed without a record: %s", c.id, c.session, outcome)
-            self.conversations.discard(c.id)
-            return []
-        texts = [s["text"] for s in c.segments]
-        speakers = self.conversations.speakers(c.session, [s["id"] for s in c.segments])
-        profiles = {p: self.store.profile(p) for p in people}
-        bonus = self.settings.view.named_bonus
-        weights = {p: w * (bonus if named(profiles[p].name, texts) else 1.0) for p, w in people.items()}
-        pid = pick(weights, {p for p, person in profiles.items() if person.known})
-        assert pid is not None
-        if not profiles[pid].known and (named_instead := self._named_instead(pid, texts)):
-            pid, profiles[named_instead] = named_instead, self.store.profile(named_instead)
-        transcript = " ".join(texts)
-        extraction = self._extract(texts, speakers)
-        summary = encounter_summary(profiles[pid], extraction)
-        extraction = extraction.model_copy(update={"summary": summary})
-        t_end = max(s["t_end"] for s in c.segments)
-        with self.conversations.lock(c.session):  # two replicas ticking at once record it once
-            self.store.record_encounter(
-                pid, c.id, extraction, c.t_start, t_end, c.session, transcript, [s["id"] for s in c.segments]
-            )
-        self._keep_voices(c, pid, speakers)
-        ENCOUNTERS.labels("recorded").inc()
-        log.info(
-            "encounter=%s session=%s person=%s segments=%d outcome=recorded",
-            c.id,
-            c.session,
-            pid,
-            len(c.segments),
-        )
-        facts = [{"text": f, "kind": "fact", "source": c.id} for f in extraction.facts]
-        return [
-            EncounterMessage(
-                encounter_id=c.id, session=c.session, person_id=pid, t_start=c.t_start, t_end=t_end,
-                transcript=transcript, summary=extraction.summary, facts=facts,
-                name=extraction.name or "", company=extraction.company or "", role=extraction.role or "",
-                place=extraction.place or "", topics=extraction.topics[:20],
-                open_threads=extraction.open_threads[:20], backend=extraction.backend,
-                lines=[
-                    {"segment_id": seg["id"], "speaker": who, "text": seg["text"]}
-                    for seg, who in zip(c.segments, speakers, strict=True)
-                ],
-            )
-        ]  # fmt: skip
-
-    def _named_instead(self, pid: str, texts: list[str]) -> str | None:
-        """A stranger's conversation in which a known person was named whose face the stranger's
-        is borderline close to: it was them, seen too far off to be sure. The name settles it, as
-        it does for a face (:meth:`PersonStore.match`), whichever came first."""
-        views = self.store.views(pid)
-        if views is None:
-            return None
-
-        def said(other: str) -> bool:
-            return named(self.store.profile(other).name, texts)
-
-        for view in views:
-            match = self.store.match(view, exclude={pid}, named=said)
-            if match.outcome == "named" and match.person_id:
-                log.info("person=%s outcome=named-instead-of stranger=%s", match.person_id, pid)
-                return match.person_id
-        return None
-
-    def _keep_voices(self, c: Closing, pid: str, speakers: list[str]) -> None:
-        """The other person's lines become their voice views, leaving out any voice that is
-        another known person's (someone else in the group spoke)."""
-        theirs = [s["id"] for s, who in zip(c.segments, speakers, strict=True) if who == THEM]
-        prints = self.conversations.take_voiceprints(c.session, theirs)
-        views = {
-            f"{int(s['t_start'] * 1000)}-{s['id']}": prints[s["id"]]
-            for s in c.segments
-            if s["id"] in prints
-            and self.voices.match(np.frombuffer(prints[s["id"]], "<f4"))[0] in (None, pid)
-        }
-        kept = self.store.repo.add_voices(pid, views, self.settings.voice_match.max_views)
-        if views:
-            log.info("person=%s voice views=%d (kept %d)", pid, len(views), kept)
-
-    def _extract(self, texts: list[str], speakers: list[str]) -> Extraction:
-        """What the conversation says about the other person. Once the wearer's voice marks their
-        own lines, the person's facts come only from the other lines, and the wearer's own
-        intentions ("I should send her the paper") become open threads."""
-        transcript = " ".join(texts)
-        if ME not in speakers:
-            return grounded(self.store.extractor.extract(transcript, self.store.wearer), transcript)
-        theirs = " ".join(t for t, who in zip(texts, speakers, strict=True) if who != ME)
-        mine = " ".join(t for t, who in zip(texts, speakers, strict=True) if who == ME)
-        extraction = (
-            grounded(self.store.extractor.extract(theirs, self.store.wearer), theirs)
-            if theirs
-            else Extraction()
-        )
-        threads = [
-            *extraction.open_threads,
-            *(t for t in intentions(mine) if t not in extraction.open_threads),
-        ]
-        return extraction.model_copy(update={"open_threads": threads[:20]})

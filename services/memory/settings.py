@@ -103,7 +103,7 @@ class VoiceMatchSettings(SettingsGroup):
 
 
 class MemorySettings(ServiceSettings):
-    """Settings of ``python -m services.memory``."""
+    """Settings of ``python -m services.memory`` and of its scribe, ``python -m services.scribe``."""
 
     wearer_name: str | None = None
     """The wearer's own name, so that their self-introduction is not taken for the other person's."""

@@ -1,6 +1,6 @@
 """Kill replicas and Redis under load: every input still has exactly one output downstream.
 
-Two replicas each of transcriber, face and memory run as processes. 200 speech segments and
+Two replicas each of transcriber, face, memory and scribe run as processes. 200 speech segments and
 200 frames of ten conversations in five sessions (two conversations each, as a day of capture
 holds several; seven people, three of them met twice) are fed through capture's publisher as
 the capture user, one conversation after the other as they are transcribed. Meanwhile a random
@@ -32,7 +32,14 @@ from services.trainer.settings import DatasetSettings
 from shared.images import encode_jpeg
 from shared.publisher import Publisher
 from shared.runtime import connect
-from shared.schemas import AudioSegmentMessage, EncounterMessage, FaceMessage, FrameMessage, TranscriptMessage
+from shared.schemas import (
+    AudioSegmentMessage,
+    ConversationMessage,
+    EncounterMessage,
+    FaceMessage,
+    FrameMessage,
+    TranscriptMessage,
+)
 from shared.settings import ServiceSettings
 from shared.streams import MemoryKeys
 from tests.chaos.conftest import Stack, json_records, person_crops, wait_until
@@ -49,7 +56,7 @@ PHRASES = [
     "The new bouldering wall opens soon.",
 ]  # fmt: skip
 KILL_EVERY_S = 6.0
-SERVICES = ("transcriber", "face", "memory")
+SERVICES = ("transcriber", "face", "memory", "scribe")
 
 
 def ready_at(log: Path, service: str) -> float:
@@ -228,6 +235,12 @@ def test_sigkill_replicas_and_redis_lose_nothing_and_duplicate_nothing(
         for _, f in admin.xrange("audio:segments")
         for seg in [AudioSegmentMessage.from_fields(f).segment_id]
     ), "the forgotten conversation is gone everywhere"
+    spoken = [
+        h for _, f in admin.xrange("conversations") if (h := ConversationMessage.from_fields(f)).segments
+    ]
+    assert sorted(h.encounter_id for h in spoken) == sorted(e.encounter_id for e in encounters), (
+        "each conversation handed to the scribe once; the forgotten one's hand-over is gone too"
+    )
 
     def face(k: int) -> int:  # which face a conversation had, the merged two as one
         return MERGE[0] if k % len(people) in MERGE else k % len(people)
@@ -252,7 +265,7 @@ def test_sigkill_replicas_and_redis_lose_nothing_and_duplicate_nothing(
         assert secret not in text, f"a payload ({secret!r}) leaked into a log"
     back_s = [ready_at(k["replica"].log, k["service"]) - k["at"] for k in kills]
     figures = {
-        "replicas": "2 each of transcriber, face, memory",
+        "replicas": "2 each of transcriber, face, memory, scribe",
         "inputs": {"segments": len(segments), "frames": len(expected_faces), "conversations": CONVERSATIONS},
         "wearer": "forgot one person, merged two (one of them mid-conversation)",
         "kills": dict(Counter(k["service"] for k in kills)),

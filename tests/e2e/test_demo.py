@@ -19,6 +19,7 @@ from services.face.handler import FaceHandler
 from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
 from services.memory.settings import EncounterSettings, MemorySettings
+from services.scribe.handler import Scribe
 from services.transcriber.handler import TranscriberHandler
 from services.transcriber.model import WhisperSpeechModel
 from services.transcriber.settings import WhisperSettings
@@ -33,6 +34,7 @@ from shared.schemas import (
     TranscriptMessage,
 )
 from shared.settings import ServiceSettings
+from tests.memory.test_memory_service import scribe_loop
 
 
 def test_demo_meetings_end_with_sarah_recognised(
@@ -59,6 +61,7 @@ def test_demo_meetings_end_with_sarah_recognised(
         Consumer(r, memory_settings, "memory", handlers, ticker=memory).run(burst=True)
         time.sleep(3.1)  # nothing arrives for longer than the gap: the next run's tick closes the meeting
         Consumer(r, memory_settings, "memory", handlers, ticker=memory).run(burst=True)
+        scribe_loop(r, memory_settings, Scribe(r, memory_settings)).run(burst=True)
     elapsed = time.monotonic() - started
     print(f"three demo meetings through every stage in {elapsed:.1f} s")
 

@@ -10,6 +10,7 @@ import redis
 from services.memory.extract import Extraction, RulesExtractor
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
+from services.scribe.handler import Scribe
 from shared.publisher import Publisher
 from shared.schemas import EncounterMessage, FaceMessage, embedding_to_bytes
 from shared.streams import Groups, MemoryKeys
@@ -27,12 +28,19 @@ def encounters(r: redis.Redis) -> list[EncounterMessage]:
     return [EncounterMessage.from_fields(f) for _, f in r.xrange("encounters")]
 
 
-def settle(r: redis.Redis, settings: MemorySettings, handler: MemoryHandler, rounds: int = 3) -> None:
-    """Run memory until the conversations that are over are written (the gap is 1 s)."""
+def settle(
+    r: redis.Redis,
+    settings: MemorySettings,
+    handler: MemoryHandler,
+    rounds: int = 3,
+    scribe: Scribe | None = None,
+) -> None:
+    """Run memory and the scribe until the conversations that are over are written (the gap is 1 s)."""
+    scribe = scribe or Scribe(r, settings)
     for _ in range(rounds):
-        run(r, settings, handler)
+        run(r, settings, handler, scribe)
         time.sleep(1.1)
-    run(r, settings, handler)
+    run(r, settings, handler, scribe)
 
 
 def test_out_of_order_transcripts(
@@ -170,14 +178,14 @@ class BoomExtractor:
 def test_failing_extractor_isolated(
     r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray], sessions: tuple
 ) -> None:
-    handler = MemoryHandler(r, memory_settings, BoomExtractor())
+    handler = MemoryHandler(r, memory_settings)
     r.sadd(MemoryKeys.SESSIONS, *sessions)
     t = time.time() - 30
     for i, session in enumerate(sessions):
         said = "boom goes the adapter" if session == "b" else f"Hi, I'm Person {'XYZ'[i]}yla."
         r.xadd("faces", face(session, f"f{i}", embeddings[f"t1-{i}"], t).to_fields())
         r.xadd("transcripts", line(session, 1, said, t).to_fields())
-    settle(r, memory_settings, handler, rounds=memory_settings.consumer.max_deliveries + 1)
+    settle(r, memory_settings, handler, scribe=Scribe(r, memory_settings, BoomExtractor()))
     assert sorted(e.session for e in encounters(r)) == ["a", "c"], "the others go on"
     [(_, letter)] = r.xrange("dlq")
     assert letter[b"stream"] == b"memory:conversations" and b"adapter failed" in letter[b"error"]

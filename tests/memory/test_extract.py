@@ -163,6 +163,7 @@ def test_invented_values_are_dropped_before_memory_stores_them(  # type: ignore[
 ) -> None:
     """A small model behind the API answered placeholders; none of them may reach the person."""
     from services.memory.handler import MemoryHandler
+    from services.scribe.handler import Scribe
     from shared.streams import MemoryKeys
     from tests.memory.test_conversations import encounters, face, settle
     from tests.memory.test_memory_service import line
@@ -174,13 +175,14 @@ def test_invented_values_are_dropped_before_memory_stores_them(  # type: ignore[
         "facts": ["likes test_fact", "works at Stripe"],
     }
     server.script = [(200, tool_answer(invented), 0)]
-    handler = MemoryHandler(r, memory_settings, AnthropicExtractor(settings_for(url, max_retries=0)))
+    handler = MemoryHandler(r, memory_settings)
+    scribe = Scribe(r, memory_settings, AnthropicExtractor(settings_for(url, max_retries=0)))
     r.sadd(MemoryKeys.SESSIONS, "s")
     t = time.time() - 30
     v = np.random.default_rng(1).standard_normal(512).astype(np.float32)
     r.xadd("faces", face("s", "f1", v / np.linalg.norm(v), t).to_fields())
     r.xadd("transcripts", line("s", 1, TRANSCRIPT, t).to_fields())
-    settle(r, memory_settings, handler)
+    settle(r, memory_settings, handler, scribe=scribe)
     [encounter] = encounters(r)
     person = handler.store.profile(encounter.person_id)
     # the live card took her name from what she said; the model's placeholders are gone

@@ -13,8 +13,10 @@ from services.face.handler import FaceHandler
 from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
+from services.scribe.handler import Scribe
 from shared.consumer import Consumer
 from shared.schemas import (
+    ConversationMessage,
     EncounterMessage,
     FaceMessage,
     RecallMessage,
@@ -42,7 +44,16 @@ def line(session: str, i: int, text: str, t: float) -> TranscriptMessage:
     )  # fmt: skip
 
 
-def run(r: redis.Redis, settings: MemorySettings, handler: MemoryHandler):  # type: ignore[no-untyped-def]
+def scribe_loop(r: redis.Redis, settings: MemorySettings, scribe: Scribe) -> Consumer:
+    return Consumer(
+        r, settings, "scribe", {ConversationMessage: scribe}, ticker=scribe, committed=scribe.committed
+    )
+
+
+def run(  # type: ignore[no-untyped-def]
+    r: redis.Redis, settings: MemorySettings, handler: MemoryHandler, scribe: Scribe | None = None
+):
+    """Memory until it is drained, then the scribe: the conversations memory ended are written."""
     consumer = Consumer(
         r,
         settings,
@@ -50,7 +61,9 @@ def run(r: redis.Redis, settings: MemorySettings, handler: MemoryHandler):  # ty
         {FaceMessage: handler.on_face, TranscriptMessage: handler.on_transcript},
         ticker=handler,
     )
-    return consumer.run(burst=True)
+    stats = consumer.run(burst=True)
+    scribe_loop(r, settings, scribe or Scribe(r, settings)).run(burst=True)
+    return stats
 
 
 def test_meeting_then_recall_on_the_next_sighting(
@@ -151,14 +164,41 @@ def test_a_replica_killed_between_ending_and_writing_an_encounter_loses_nothing(
     handler.on_face(face)
     handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
     time.sleep(1.1)
-    [first] = handler.tick()  # ended and built, then the replica dies before the commit
+    assert handler.tick() == [], "memory ends it and hands it over"
+    [(_, fields)] = r.xrange("conversations")
+    handover = ConversationMessage.from_fields(fields)
+    [first] = Scribe(r, memory_settings)(handover)  # built, then the scribe dies before the commit
     assert r.smembers(MemoryKeys.CLOSING) == {first.encounter_id.encode()}, "its state is still there"
-    other = MemoryHandler(r, memory_settings)
-    run(r, memory_settings, other)  # another replica's tick writes it
+    scribe_loop(r, memory_settings, Scribe(r, memory_settings)).run(burst=True)  # another replica writes it
     [(_, fields)] = r.xrange("encounters")
-    assert EncounterMessage.from_fields(fields).encounter_id == first.encounter_id
+    assert EncounterMessage.from_fields(fields).encounter_id == first.encounter_id == handover.encounter_id
     assert r.hget(MemoryKeys.person(first.person_id), "encounters") == b"1", "recorded once"
     assert not r.smembers(MemoryKeys.CLOSING) and not r.keys("*:closing*"), "and then cleaned up"
+
+
+def test_a_scribe_killed_after_writing_leaves_nothing_behind(
+    r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
+) -> None:
+    """The encounter is in the stream but the scribe died before clearing its state: the next
+    scribe's tick clears it, and writes nothing twice."""
+    handler = MemoryHandler(r, memory_settings)
+    now = time.time()
+    r.sadd(MemoryKeys.SESSIONS, "s1")
+    handler.on_face(
+        FaceMessage(
+            face_id="s1-f1-0", frame_id="s1-f1", session="s1", t=now - 20, bbox=(0, 0, 100, 100),
+            det_score=0.9, embedding=embedding_to_bytes(embeddings["astronaut"]), thumb=b"",
+        )
+    )  # fmt: skip
+    handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
+    time.sleep(1.1)
+    handler.tick()
+    loop = scribe_loop(r, memory_settings, Scribe(r, memory_settings))
+    loop.committed = None  # killed between the write and clearing the state
+    loop.run(burst=True)
+    assert r.xlen("encounters") == 1 and r.scard(MemoryKeys.CLOSING) == 1
+    scribe_loop(r, memory_settings, Scribe(r, memory_settings)).run(burst=True)
+    assert r.xlen("encounters") == 1 and r.scard(MemoryKeys.CLOSING) == 0 and not r.keys("*:closing*")
 
 
 def test_a_conversation_is_not_ended_while_memory_still_has_older_entries_waiting(
@@ -179,7 +219,8 @@ def test_a_conversation_is_not_ended_while_memory_still_has_older_entries_waitin
     waiting = line("s1", 1, "I work on rate limits.", now - 18)
     r.xadd("transcripts", waiting.to_fields(), id=f"{int((now - 10) * 1000)}-0")
     time.sleep(1.1)  # quiet for longer than the gap, as far as what memory handled says
-    assert handler.tick() == [] and r.smembers(MemoryKeys.OPEN_SESSIONS) == {b"s1"}, "not ended yet"
+    handler.tick()
+    assert r.smembers(MemoryKeys.OPEN_SESSIONS) == {b"s1"} and not r.exists("conversations"), "not ended yet"
     run(r, memory_settings, handler)  # the waiting transcript is handled; then the tick ends it
     time.sleep(1.1)
     run(r, memory_settings, handler)

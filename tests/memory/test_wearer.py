@@ -13,6 +13,7 @@ from services.capture.demo import speak
 from services.cli import app
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
+from services.scribe.handler import Scribe
 from services.voice.handler import VoiceHandler
 from services.voice.model import VoiceEncoderModel
 from shared.consumer import Consumer
@@ -20,7 +21,7 @@ from shared.schemas import AudioSegmentMessage, FaceMessage, RecallMessage, Tran
 from shared.settings import ServiceSettings
 from shared.streams import MemoryKeys
 from tests.memory.test_conversations import encounters, face
-from tests.memory.test_memory_service import line
+from tests.memory.test_memory_service import line, scribe_loop
 from tests.speech import write_wav
 from tests.voice.test_voice import segment
 
@@ -36,6 +37,11 @@ def memory_loop(r: redis.Redis, settings: MemorySettings, handler: MemoryHandler
         VoiceMessage: handler.on_voice,
     }
     return Consumer(r, settings, "memory", handlers, ticker=handler)
+
+
+def memory_then_scribe(r: redis.Redis, settings: MemorySettings, handler: MemoryHandler) -> None:
+    memory_loop(r, settings, handler).run(burst=True)
+    scribe_loop(r, settings, Scribe(r, settings)).run(burst=True)
 
 
 @pytest.fixture
@@ -84,7 +90,7 @@ def test_an_enrolled_wearers_lines_are_marked_me(
     assert voices.run(burst=True).processed == len(order)
     handler = MemoryHandler(r, settings)
     for _ in range(4):
-        memory_loop(r, settings, handler).run(burst=True)
+        memory_then_scribe(r, settings, handler)
         time.sleep(1.1)
     [encounter] = encounters(r)
     assert [x["speaker"] for x in encounter.lines] == order
@@ -111,7 +117,7 @@ def test_without_an_enrolled_voice_no_line_is_marked(
     ).run(burst=True)
     handler = MemoryHandler(r, memory_settings)
     for _ in range(4):
-        memory_loop(r, memory_settings, handler).run(burst=True)
+        memory_then_scribe(r, memory_settings, handler)
         time.sleep(1.1)
     [encounter] = encounters(r)
     assert [x["speaker"] for x in encounter.lines] == [""]
@@ -138,7 +144,7 @@ def converse(
     Consumer(r, settings, "voice", {AudioSegmentMessage: stage}).run(burst=True)
     handler = MemoryHandler(r, settings)
     for _ in range(4):
-        memory_loop(r, settings, handler).run(burst=True)
+        memory_then_scribe(r, settings, handler)
         time.sleep(1.1)
     return handler
 

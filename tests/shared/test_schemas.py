@@ -11,6 +11,7 @@ from shared.schemas import (
     AdapterMessage,
     AudioSegmentMessage,
     BadMessageError,
+    ConversationMessage,
     EncounterMessage,
     FaceMessage,
     FrameMessage,
@@ -48,6 +49,7 @@ SAMPLES: list[StreamMessage] = [
     RecallMessage(
         recall_id="r1", person_id="p1", name="Sarah Chen", summary="Sarah from Stripe", similarity=0.8, t=3.0
     ),
+    ConversationMessage(encounter_id="e-s1", session="day1", t_start=1.0, t_end=9.0, segments=4),
     EncounterMessage(
         encounter_id="e1", session="day1", person_id="p1", t_start=1.0, t_end=9.0, transcript="Hi.",
         summary="Met Sarah.", facts=[{"text": "works at Stripe", "source": "e1"}], name="Sarah Chen",

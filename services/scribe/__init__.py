@@ -1,0 +1,1 @@
+"""The scribe: writes each conversation memory ended down as an encounter."""
