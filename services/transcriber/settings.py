@@ -41,6 +41,9 @@ class WhisperSettings(SettingsGroup):
     vocabulary: list[str] = Field(default_factory=list)
     """The wearer's own words Whisper should expect (names, companies, jargon), given to it as
     hotwords with the names of the people in view (``CONVO_WHISPER__VOCABULARY='["Figma"]'``)."""
+    hotwords_sure: float = Field(0.6, ge=0, le=1)
+    """A decode with hotwords less sure than this (mean token probability) is decoded again
+    without them, and the surer of the two kept."""
     hallucinations: list[str] = DEFAULT_HALLUCINATIONS
     """Texts dropped when the segment is low-energy, compared lower-cased and without punctuation."""
 

@@ -9,7 +9,7 @@ import numpy as np
 import redis
 
 from services.transcriber.handler import TranscriberHandler
-from services.transcriber.model import WhisperSpeechModel
+from services.transcriber.model import WhisperSpeechModel, echoes
 from services.transcriber.settings import WhisperSettings
 from shared.consumer import Consumer
 from shared.schemas import AudioSegmentMessage, TranscriptMessage
@@ -124,3 +124,25 @@ def test_two_replicas_transcribe_every_segment_exactly_once(
     consumers = r.xinfo_consumers("audio:segments", "transcriber")
     assert len(consumers) == 2 and r.xpending("audio:segments", "transcriber")["pending"] == 0
     assert sum("outcome=ok" in line for log in logs for line in log.splitlines()) == len(sentences)
+
+
+def test_hotwords_help_a_name_through_and_do_not_derail_the_rest(whisper: WhisperSpeechModel) -> None:
+    """The people in view are given to Whisper as hotwords. They must help a name and must not
+    turn another line into something else, or into the hotwords themselves."""
+    from services.capture.demo import WEARER, speak
+
+    dana = speak("en-gb+f3", "Hi, I'm Dana Reyes from Acme.")
+    assert "Dana Reyes" in whisper.predict(dana, "Dana Reyes Acme").text
+    assert "Reyes" not in whisper.predict(dana).text, "without them the name is lost"
+    gym = speak(WEARER, "Is this your first time at the climbing gym?")
+    assert "climbing gym" not in whisper._decode(gym, "Sarah Chen Stripe").text, "a decode with them derails"
+    assert "climbing gym" in whisper.predict(gym, "Sarah Chen Stripe").text
+    priya = speak("en-gb+f4", "Priya, nice to see you at Anthropic.")
+    assert echoes(whisper._decode(priya, "Priya Natarajan Anthropic").text, "Priya Natarajan Anthropic")
+    assert not echoes(whisper.predict(priya, "Priya Natarajan Anthropic").text, "Priya Natarajan Anthropic")
+
+
+def test_an_echo_is_every_hotword_in_order() -> None:
+    assert echoes("Dana Rains Acme. Thanks, good to see you.", "Dana Rains Acme")
+    assert not echoes("Dana, good to see you at Acme.", "Dana Rains Acme")
+    assert not echoes("Tom Baker", "Tom Baker"), "two words could be said as they are"
