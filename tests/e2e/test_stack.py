@@ -173,7 +173,7 @@ def test_convo_replay_plays_your_own_recording_into_the_running_stack(
     cv2.imwrite(str(tmp_path / "photos" / "maya.jpg"), photo("astronaut"))
     procfile = tmp_path / "Procfile"
     procfile.write_text(
-        "".join(f"{s}: exec python -m services.{s}\n" for s in ("transcriber", "face", "memory"))
+        "".join(f"{s}: exec python -m services.{s}\n" for s in ("transcriber", "face", "memory", "scribe"))
     )
     env = {
         **os.environ, "CONVO_REDIS_URL": redis_server.url, "CONVO_STATE_DIR": str(tmp_path / "state"),
