@@ -1,6 +1,7 @@
 """The overlay page as the wearer sees it: the overlay service on a Redis, its page open in
 headless Chromium, and a log of every change of the card (who it is about, whether it is
-shown, its text) with the browser's clock. ``convo eval`` reads identity from here.
+shown, its text) and of every transcript line added, with the browser's clock. ``convo eval``
+reads identity from here, ``bench/e2e.py`` the time to the glass.
 """
 
 import os
@@ -25,6 +26,17 @@ const note = () => window.__cards.push({
 });
 new MutationObserver(note).observe(
   card, {attributes: true, childList: true, subtree: true, characterData: true});
+window.__lines = [];
+const seen = new Set();
+new MutationObserver(() => {
+  for (const p of document.getElementById("ticker").children) {
+    const line = {t: Date.now() / 1000, segment: p.dataset.segment || "", text: p.textContent,
+                  partial: p.classList.contains("partial"), until: Number(p.dataset.until || 0)};
+    const key = [line.segment, line.partial, line.text].join("|");
+    if (!seen.has(key)) { seen.add(key); window.__lines.push(line); }
+  }
+}).observe(document.getElementById("ticker"),
+  {attributes: true, childList: true, subtree: true, characterData: true});
 """
 CHROMIUMS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
@@ -35,6 +47,19 @@ class Shown:
     person: str
     shown: bool
     text: str
+
+
+@dataclass(frozen=True)
+class Line:
+    """A transcript line as it appeared, or changed, in the page's ticker."""
+
+    t: float
+    segment: str
+    text: str
+    partial: bool
+    """Live words while the utterance goes on, or (``False``) the segment's transcript."""
+    until: float
+    """The capture time up to which the line's speech was heard."""
 
 
 class PageWatch:
@@ -81,6 +106,9 @@ class PageWatch:
 
     def cards(self, since: float = 0.0) -> list[Shown]:
         return [Shown(**c) for c in self.page.evaluate("window.__cards") if c["t"] >= since]
+
+    def lines(self, since: float = 0.0) -> list[Line]:
+        return [Line(**x) for x in self.page.evaluate("window.__lines") if x["t"] >= since]
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None

@@ -19,6 +19,8 @@ from shared.schemas import (
     EncounterMessage,
     FaceMessage,
     FrameMessage,
+    PartialSegmentMessage,
+    PartialTranscriptMessage,
     RecallMessage,
     StreamMessage,
     TranscriptMessage,
@@ -80,13 +82,14 @@ class Grant:
 
 GRANTS = (
     Grant(
-        "capture", produces=(AudioSegmentMessage, FrameMessage),
+        "capture", produces=(AudioSegmentMessage, PartialSegmentMessage, FrameMessage),
         keys=(MemoryKeys.SESSIONS, MemoryKeys.speaking("*")),  # speech still being cut, for memory
         # backpressure reads the face group's lag; retention trims what every group has acked
-        follows=(AudioSegmentMessage, FrameMessage), commands=PRODUCER,
+        follows=(AudioSegmentMessage, PartialSegmentMessage, FrameMessage), commands=PRODUCER,
     ),
     Grant(
-        "transcriber", consumes=(AudioSegmentMessage,), produces=(TranscriptMessage,),
+        "transcriber", consumes=(AudioSegmentMessage, PartialSegmentMessage),
+        produces=(TranscriptMessage, PartialTranscriptMessage),
         read_keys=(MemoryKeys.context("*"),),  # hotwords: the names of the people in view
     ),
     Grant("face", consumes=(FrameMessage,), produces=(FaceMessage,)),
@@ -108,7 +111,7 @@ GRANTS = (
     ),
     Grant(
         # The people page is person admin: rename, merge, and forget across every stream.
-        "overlay", follows=(RecallMessage, TranscriptMessage),
+        "overlay", follows=(RecallMessage, TranscriptMessage, PartialTranscriptMessage),
         keys=(*MEMORY_KEYS, ADMIN_TOKEN_KEY, f"{KEY_PREFIX}:trainer:*"),
         forgets=True, commands=(*LOOP, *RECORDS, "xread"),
     ),

@@ -342,14 +342,21 @@ class Consumer:
     # -- handling --------------------------------------------------------------------
 
     def _process(self, batch: list[_Entry]) -> None:
+        """Each input stream's entries are handled and written in turn, in the order the handlers
+        were given: a stage's first stream is never held back by the work of a later one (the
+        transcriber's segments by live partials)."""
         for entry in batch:
             self._parse(entry)
         self._skip_done(batch)
+        handled = False
         for stream, (_, handler) in self._routes.items():
-            todo = [e for e in batch if e.stream == stream and e.outcome is Outcome.PENDING]
-            if todo and not (self.stop.is_set() and any(e.outcome is Outcome.DONE for e in batch)):
+            mine = [e for e in batch if e.stream == stream]
+            todo = [e for e in mine if e.outcome is Outcome.PENDING]
+            if todo and not (self.stop.is_set() and handled):
                 self._handle(handler, todo)
-        self._write(batch)
+                handled = handled or any(e.outcome is Outcome.DONE for e in todo)
+            if mine:
+                self._write(mine)
 
     def _parse(self, entry: _Entry) -> None:
         model = self._routes[entry.stream][0]

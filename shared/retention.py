@@ -13,7 +13,7 @@ import redis
 from shared.settings import ServiceSettings
 from shared.streams import stream_id
 
-RAW = ("audio_segments", "frames")
+RAW = ("audio_segments", "audio_partials", "frames")
 
 
 @dataclass(frozen=True)

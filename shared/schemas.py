@@ -138,6 +138,21 @@ class AudioSegmentMessage(StreamMessage):
     audio: bytes
 
 
+class PartialSegmentMessage(AudioSegmentMessage):
+    """An utterance still going on, as far as it has been heard: decoded for live words only.
+
+    ``segment_id`` is the segment the utterance will be written as; ``partial_id`` is
+    ``<segment_id>-p<n>``. Partials go to no conversation, transcript count or training row,
+    and are the first thing dropped under load (capture skips them while speech waits, and
+    their stream is capped on write).
+    """
+
+    STREAM = "audio_partials"
+    KEY = "partial_id"
+
+    partial_id: Id
+
+
 class FrameMessage(StreamMessage):
     """One camera frame taken during speech, as JPEG."""
 
@@ -165,6 +180,24 @@ class TranscriptMessage(StreamMessage):
     text: Text
     language: Annotated[str, Field(max_length=16)]
     confidence: Annotated[float, Field(ge=0.0, le=1.0)]
+    model: Annotated[str, Field(max_length=200)]
+
+
+class PartialTranscriptMessage(StreamMessage):
+    """Live words of an utterance still going on. ``stable`` words were the same in two decodes
+    in a row and do not change any more; ``pending`` ones may. The segment's transcript
+    replaces them."""
+
+    STREAM = "partial_transcripts"
+    KEY = "partial_id"
+
+    partial_id: Id
+    segment_id: Id
+    session: Id
+    t_start: float
+    t_end: float
+    stable: Text = ""
+    pending: Text = ""
     model: Annotated[str, Field(max_length=200)]
 
 
@@ -309,8 +342,10 @@ MESSAGE_TYPES: dict[str, type[StreamMessage]] = {
     m.STREAM: m
     for m in (
         AudioSegmentMessage,
+        PartialSegmentMessage,
         FrameMessage,
         TranscriptMessage,
+        PartialTranscriptMessage,
         FaceMessage,
         VoiceMessage,
         RecallMessage,

@@ -16,10 +16,14 @@ class StreamNames(BaseModel):
 
     audio_segments: str = "audio:segments"
     """VAD speech segments from capture."""
+    audio_partials: str = "audio:partials"
+    """An utterance still going on, as far as it was heard, every ``partial_every_s`` (capture)."""
     frames: str = "frames"
     """Camera frames taken during speech, from capture."""
     transcripts: str = "transcripts"
     """Text of each speech segment, from the transcriber."""
+    partial_transcripts: str = "transcripts:partial"
+    """Live words of an utterance still going on, from the transcriber, for the overlay only."""
     faces: str = "faces"
     """One entry per detected face, from the face service."""
     voices: str = "voices"
@@ -44,11 +48,15 @@ class StreamCaps(BaseModel):
     audio_segments: int = 5_000
     """Segments carry raw PCM (about 32 KB per second of speech). Not applied on write: speech is
     never trimmed before every group has acknowledged it; retention and ``convo gc`` apply it."""
+    audio_partials: int = 200
+    """Partial audio is only worth its first seconds: under load the oldest go first."""
     frames: int = 5_000
     """Frames carry JPEGs (about 50 KB each at 640x480). Capture's backpressure keeps the unread
     part far below this."""
     transcripts: int = 100_000
     """Text only."""
+    partial_transcripts: int = 2_000
+    """Live words, replaced by the transcript once the utterance ends."""
     faces: int = 100_000
     """A 2 KB embedding plus a small thumbnail each."""
     voices: int = 100_000

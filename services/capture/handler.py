@@ -11,7 +11,13 @@ from prometheus_client import Counter
 
 from services.capture.model import Segment, Segmenter, SileroVadModel
 from services.capture.settings import SAMPLE_RATE, CaptureSettings, FrameSettings
-from shared.schemas import AudioSegmentMessage, BadMessageError, FrameMessage, StreamMessage
+from shared.schemas import (
+    AudioSegmentMessage,
+    BadMessageError,
+    FrameMessage,
+    PartialSegmentMessage,
+    StreamMessage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,11 @@ class Shot:
     width: int
     height: int
     ref: str = ""
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    """float32 samples in [-1, 1] as s16le, the contract of ``audio:segments``."""
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
 @dataclass
@@ -115,12 +126,16 @@ class CaptureHandler:
         self.gate = FrameGate(settings.frames)
         self.n_segments = 0
         self.n_frames = 0
+        self.n_partials = 0
+        self.partial_at = 0
+        """Where the last partial ended (samples)."""
         self._lock = threading.Lock()
 
     def audio(self, chunk: np.ndarray) -> list[StreamMessage]:
         with self._lock:
             was_speaking = self.segmenter.speaking
             out: list[StreamMessage] = [self._segment(s) for s in self.segmenter.feed(chunk)]
+            out += self._partial()
             if self.segmenter.speaking and not was_speaking:
                 start = self.segmenter.speech_start or 0
                 held = self.gate.speech_started(self.t0 + start / SAMPLE_RATE)
@@ -129,6 +144,26 @@ class CaptureHandler:
             elif was_speaking and not self.segmenter.speaking:
                 self.gate.speech_ended(self.t0 + self.segmenter.pos / SAMPLE_RATE)
             return out
+
+    def _partial(self) -> list[PartialSegmentMessage]:
+        """Every ``partial_every_s`` of speech going on, the utterance so far, for live words."""
+        every = int(self.settings.vad.partial_every_s * SAMPLE_RATE)
+        start = self.segmenter.speech_start
+        if not every or start is None or self.segmenter.pos - max(start, self.partial_at) < every:
+            return []
+        self.partial_at = self.segmenter.pos
+        so_far = self.segmenter.so_far()
+        assert so_far is not None
+        self.n_partials += 1
+        segment_id = f"{self.session}-a{self.n_segments + 1:06d}"  # what the utterance will be written as
+        return [
+            PartialSegmentMessage(
+                partial_id=f"{segment_id}-p{self.n_partials}", segment_id=segment_id, session=self.session,
+                t_start=round(self.t0 + so_far.start / SAMPLE_RATE, 3),
+                t_end=round(self.t0 + so_far.end / SAMPLE_RATE, 3), sample_rate=SAMPLE_RATE,
+                audio=pcm16(so_far.audio),
+            )
+        ]  # fmt: skip
 
     def flush(self) -> list[StreamMessage]:
         with self._lock:
@@ -177,12 +212,11 @@ class CaptureHandler:
     def _segment(self, seg: Segment) -> AudioSegmentMessage:
         self.n_segments += 1
         SEGMENTS.inc()
-        pcm = (np.clip(seg.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         return AudioSegmentMessage(
             segment_id=f"{self.session}-a{self.n_segments:06d}", session=self.session,
             t_start=round(self.t0 + seg.start / SAMPLE_RATE, 3),
             t_end=round(self.t0 + seg.end / SAMPLE_RATE, 3),
-            sample_rate=SAMPLE_RATE, audio=pcm,
+            sample_rate=SAMPLE_RATE, audio=pcm16(seg.audio),
         )  # fmt: skip
 
     def _frame(self, shot: Shot) -> FrameMessage:

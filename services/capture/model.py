@@ -98,6 +98,13 @@ class Segmenter:
             return [self._cut()]
         return []
 
+    def so_far(self) -> Segment | None:
+        """The utterance going on, from its padded start to now (``None`` in silence)."""
+        if self.speech_start is None:
+            return None
+        start = max(self.speech_start - self.pad, self.buffer_start)
+        return Segment(start, self.pos, self._slice(start, self.pos))
+
     def flush(self) -> list[Segment]:
         """End of the source: close the segment in progress."""
         return self._close(self.pos) if self.speech_start is not None else []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from prometheus_client import Counter
 
 from services.capture.handler import CaptureHandler
 from services.capture.model import SileroVadModel
@@ -27,9 +28,18 @@ from services.capture.sources import (
 )
 from shared.publisher import Publisher
 from shared.retention import apply_window
-from shared.schemas import AudioSegmentMessage, BadMessageError, FrameMessage, StreamMessage
+from shared.schemas import (
+    AudioSegmentMessage,
+    BadMessageError,
+    FrameMessage,
+    PartialSegmentMessage,
+    StreamMessage,
+)
 
 log = logging.getLogger(__name__)
+PARTIALS_DROPPED = Counter(
+    "convo_capture_partials_dropped_total", "Partials not sent because speech waited to be transcribed"
+)
 
 
 class CaptureRunner:
@@ -56,6 +66,9 @@ class CaptureRunner:
         sent = []
         for msg in messages:
             if isinstance(msg, FrameMessage) and self._face_lags():
+                continue
+            if isinstance(msg, PartialSegmentMessage) and self.speech_backlog():
+                PARTIALS_DROPPED.inc()  # speech waits to be transcribed: live words are the first to go
                 continue
             if isinstance(msg, AudioSegmentMessage):
                 self._warn_if_speech_waits()

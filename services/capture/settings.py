@@ -42,6 +42,9 @@ class VadSettings(SettingsGroup):
     """Speech longer than this is cut (Whisper's window is 30 s)."""
     overlap_s: float = Field(0.5, ge=0, le=5)
     """A cut segment's successor starts this much before the cut, so no word is lost at the seam."""
+    partial_every_s: float = Field(1.5, ge=0, le=30)
+    """While speech goes on, its audio so far is sent this often (``audio:partials``) for live
+    words on the overlay; 0 turns partials off."""
 
 
 class FrameSettings(SettingsGroup):

@@ -126,7 +126,8 @@ class PersonAdmin:
             self.streams.faces, counts, lambda f: text(f.get(b"face_id", b"")) in faces
         )
         self._drop_entries(self.streams.frames, counts, lambda f: text(f.get(b"frame_id", b"")) in frame_ids)
-        for stream in (self.streams.transcripts, self.streams.audio_segments, self.streams.voices):
+        spoken = (self.streams.transcripts, self.streams.audio_segments, self.streams.voices)
+        for stream in (*spoken, self.streams.audio_partials, self.streams.partial_transcripts):
             self._drop_entries(stream, counts, lambda f: text(f.get(b"segment_id", b"")) in segments)
         for stream in (self.streams.recalls, self.streams.encounters):
             self._drop_entries(stream, counts, lambda f: text(f.get(b"person_id", b"")) == pid)

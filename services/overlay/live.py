@@ -1,9 +1,9 @@
 """The live recall card page and its event stream.
 
-Each browser tab follows ``recalls`` and ``transcripts`` with plain XREAD from where the
-streams end when it connects, so tabs never take entries from each other or from a
-consumer group. Every event's id carries both stream positions, so a tab that reconnects
-with ``Last-Event-ID`` resumes exactly where it stopped.
+Each browser tab follows ``recalls``, ``transcripts`` and ``transcripts:partial`` with plain
+XREAD from where the streams end when it connects, so tabs never take entries from each other
+or from a consumer group. Every event's id carries every stream position, so a tab that
+reconnects with ``Last-Event-ID`` resumes exactly where it stopped.
 """
 
 import json
@@ -24,7 +24,13 @@ from services.overlay.api import Problem, data_url
 from services.overlay.settings import OverlaySettings
 from shared.commit import Committer
 from shared.runtime import credentials
-from shared.schemas import BadMessageError, RecallMessage, TranscriptMessage, dead_letter
+from shared.schemas import (
+    BadMessageError,
+    PartialTranscriptMessage,
+    RecallMessage,
+    TranscriptMessage,
+    dead_letter,
+)
 from shared.streams import Groups, done_key, stream_id
 
 log = logging.getLogger(__name__)
@@ -56,21 +62,24 @@ def overlay_page() -> str:
 async def events(
     request: Request,
     last_event_id: Annotated[
-        str | None, Header(description="Resume after this event: '<recalls id>,<transcripts id>'")
+        str | None,
+        Header(description="Resume after this event: '<recalls id>,<transcripts id>,<partials id>'"),
     ] = None,
 ) -> EventSourceResponse:
-    """Live ``recall`` and ``transcript`` events (Server-Sent Events), from now on, or after
-    ``Last-Event-ID`` when a tab reconnects."""
+    """Live ``recall``, ``transcript`` and ``partial`` (live words while someone speaks) events
+    (Server-Sent Events), from now on, or after ``Last-Event-ID`` when a tab reconnects."""
     settings: OverlaySettings = request.app.state.settings
     streams = settings.streams
+    followed = (streams.recalls, streams.transcripts, streams.partial_transcripts)
     if last_event_id:
         parts = last_event_id.split(",")
-        if len(parts) != 2 or not all(re.fullmatch(STREAM_ID, p) for p in parts):
+        if len(parts) not in (2, 3) or not all(re.fullmatch(STREAM_ID, p) for p in parts):
             raise HTTPException(400, f"unreadable Last-Event-ID {last_event_id[:80]!r}")
-        cursors = {streams.recalls: parts[0], streams.transcripts: parts[1]}
+        parts += [_tail_id(request.app.state.redis, followed[2])] * (3 - len(parts))  # an older page's id
+        cursors = dict(zip(followed, parts, strict=True))
     else:
         client = request.app.state.redis
-        cursors = {s: _tail_id(client, s) for s in (streams.recalls, streams.transcripts)}
+        cursors = {s: _tail_id(client, s) for s in followed}
     return EventSourceResponse(
         _follow(request, settings, cursors), ping=int(settings.overlay.ping_s), send_timeout=30
     )
@@ -86,6 +95,9 @@ def _event(stream: str, fields: dict[bytes, bytes], settings: OverlaySettings) -
     if stream == settings.streams.recalls:
         card = RecallMessage.from_fields(fields)
         return "recall", card.model_dump(exclude={"thumb"}) | {"thumb": data_url(card.thumb)}
+    if stream == settings.streams.partial_transcripts:
+        live = PartialTranscriptMessage.from_fields(fields)
+        return "partial", live.model_dump(include={"segment_id", "session", "t_end", "stable", "pending"})
     msg = TranscriptMessage.from_fields(fields)
     return "transcript", msg.model_dump(include={"segment_id", "session", "t_start", "t_end", "text"})
 
@@ -128,7 +140,7 @@ async def _follow(
             events: list[dict[str, str]] = []
             for _, stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
-                event_id = f"{cursors[settings.streams.recalls]},{cursors[settings.streams.transcripts]}"
+                event_id = ",".join(cursors.values())
                 try:
                     kind, data = _event(stream, fields, settings)
                 except BadMessageError as exc:

@@ -1,16 +1,23 @@
-"""``python -m services.transcriber [--check] [--burst]``: faster-whisper on ``audio:segments``."""
+"""``python -m services.transcriber [--check] [--burst]``: faster-whisper on ``audio:segments``,
+and live words from ``audio:partials``."""
 
 from services.transcriber.context import SessionContext
 from services.transcriber.handler import TranscriberHandler
+from services.transcriber.live import LiveWords
 from services.transcriber.settings import TranscriberSettings
+from shared.consumer import Handler
 from shared.runtime import connect, stage_app
-from shared.schemas import AudioSegmentMessage
+from shared.schemas import AudioSegmentMessage, PartialSegmentMessage, StreamMessage
 from shared.streams import Groups
 
 
-def build(settings: TranscriberSettings) -> dict[type[AudioSegmentMessage], TranscriberHandler]:
+def build(settings: TranscriberSettings) -> dict[type[StreamMessage], Handler]:
     context = SessionContext(connect(settings, Groups.TRANSCRIBER))
-    return {AudioSegmentMessage: TranscriberHandler(settings.whisper, context=context).load()}
+    finals = TranscriberHandler(settings.whisper, context=context).load()
+    live = LiveWords(settings.whisper, finals.model)
+    finals.transcribed = live.finish
+    # segments first: the consumer handles and writes its streams in this order
+    return {AudioSegmentMessage: finals, PartialSegmentMessage: live}
 
 
 app = stage_app(TranscriberSettings, Groups.TRANSCRIBER, build)

@@ -114,9 +114,14 @@ class WhisperSpeechModel:
         plain = self._decode(audio, None)
         return plain if echo or plain.confidence >= out.confidence else out
 
-    def _decode(self, audio: np.ndarray, hotwords: str | None) -> Transcription:
+    def quick(self, audio: np.ndarray, hotwords: str | None = None) -> Transcription:
+        """A cheap decode (greedy) for live words while speech goes on."""
+        self.load()
+        return self._decode(audio, hotwords, 1)
+
+    def _decode(self, audio: np.ndarray, hotwords: str | None, beam_size: int | None = None) -> Transcription:
         segments, info = self.model.transcribe(  # type: ignore[attr-defined]
-            audio, beam_size=self.settings.beam_size, language=self.settings.language,
+            audio, beam_size=beam_size or self.settings.beam_size, language=self.settings.language,
             condition_on_previous_text=False, vad_filter=False, hotwords=hotwords or None,
         )  # fmt: skip
         parts = list(segments)  # the generator does the decoding: materialise it here, in the worker

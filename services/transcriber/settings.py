@@ -41,6 +41,9 @@ class WhisperSettings(SettingsGroup):
     vocabulary: list[str] = Field(default_factory=list)
     """The wearer's own words Whisper should expect (names, companies, jargon), given to it as
     hotwords with the names of the people in view (``CONVO_WHISPER__VOCABULARY='["Figma"]'``)."""
+    live_stale_s: float = Field(2.0, gt=0)
+    """A partial (live words while speech goes on) older than this when its turn comes is dropped:
+    a newer one, or the segment itself, is on its way."""
     hotwords_sure: float = Field(0.6, ge=0, le=1)
     """A decode with hotwords less sure than this (mean token probability) is decoded again
     without them, and the surer of the two kept."""

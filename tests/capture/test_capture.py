@@ -18,7 +18,7 @@ from services.capture.runner import CaptureRunner
 from services.capture.settings import CaptureSettings, FrameSettings, VadSettings
 from services.capture.sources import chunked
 from shared.publisher import Publisher
-from shared.schemas import AudioSegmentMessage, FrameMessage
+from shared.schemas import AudioSegmentMessage, FrameMessage, PartialSegmentMessage
 from tests.face.conftest import photo
 from tests.speech import RATE, SARAH, speech, voiced_span, write_wav
 
@@ -268,3 +268,32 @@ def test_a_fast_replay_of_a_recording_ends_now_not_in_the_future(
     [seg] = segments(r)
     assert seg.t_end <= done, f"{seg.t_end - done:.1f} s in the future"
     assert done - seg.t_end < 4.0, "and it ends about when the recording's speech does, before now"
+
+
+def test_speech_going_on_is_sent_as_partials_of_the_segment_it_becomes(
+    r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
+) -> None:
+    """While someone speaks, the audio so far goes out every ``partial_every_s``, named after
+    the segment it will be written as; the segment itself is unchanged, and a pause ends them."""
+    long = speech("I have been working on the payments service for years, mostly on rate limits.", tmp_path)
+    short = speech("Nice.", tmp_path)
+    audio = np.concatenate([SILENCE_2S[: RATE // 2], long, SILENCE_2S, short, SILENCE_2S])
+    capture_settings.vad = VadSettings(partial_every_s=1.0)
+    runner = replay(r, capture_settings, vad, write_wav(tmp_path / "long.wav", audio))
+    first, _ = segments(r)
+    partials = [PartialSegmentMessage.from_fields(f) for _, f in r.xrange("audio:partials")]
+    assert {p.segment_id for p in partials} == {first.segment_id}, "the short one is over before a second"
+    seconds = first.t_end - first.t_start  # speech, the pauses' pads, and partials until it is cut
+    assert 3 <= seconds - 1 <= len(partials) <= seconds + 0.5, (len(partials), seconds)
+    ends = [p.t_end - runner.handler.t0 for p in partials]
+    assert all(b - a == pytest.approx(1.0, abs=0.04) for a, b in itertools.pairwise(ends)), ends
+    assert all(p.t_start == first.t_start and p.t_end < first.t_end for p in partials)
+    last = np.frombuffer(partials[-1].audio, "<i2")
+    assert np.array_equal(last, np.frombuffer(first.audio, "<i2")[: len(last)]), "the same audio, so far"
+    assert len({p.partial_id for p in partials}) == len(partials)
+
+    r.flushdb()
+    capture_settings.vad = VadSettings(partial_every_s=0)
+    capture_settings.session = "off"
+    replay(r, capture_settings, vad, write_wav(tmp_path / "long.wav", audio))
+    assert len(segments(r)) == 2 and r.xlen("audio:partials") == 0, "0 turns them off"

@@ -81,7 +81,8 @@ def test_retention_under_acl(acl_server: RedisServer, admin: redis.Redis) -> Non
 
     settings = ServiceSettings()
     old_ms = int((time.time() - 7200) * 1000)
-    for attr, group in (("audio_segments", "transcriber"), ("frames", "face")):
+    raw = (("audio_segments", "transcriber"), ("audio_partials", "transcriber"), ("frames", "face"))
+    for attr, group in raw:
         stream = getattr(settings.streams, attr)
         for i in range(3):
             admin.xadd(stream, {"x": str(i)}, id=f"{old_ms + i}-0")
@@ -90,6 +91,6 @@ def test_retention_under_acl(acl_server: RedisServer, admin: redis.Redis) -> Non
         entries = admin.xreadgroup(group, "c", {stream: ">"}, count=3)[0][1]  # the three old ones
         admin.xack(stream, group, *[entry_id for entry_id, _ in entries])
     trimmed = apply_window(client_of(acl_server, "capture"), settings, 3600)
-    assert [(t.removed, t.held_by) for t in trimmed] == [(3, ()), (3, ())]
-    for attr in ("audio_segments", "frames"):
+    assert [(t.removed, t.held_by) for t in trimmed] == [(3, ())] * 3
+    for attr, _ in raw:
         assert [f[b"x"] for _, f in admin.xrange(getattr(settings.streams, attr))] == [b"new"]

@@ -9,7 +9,7 @@ import redis
 from playwright.sync_api import Page
 
 from services.memory.person_store import PersonStore
-from shared.schemas import FaceMessage, RecallMessage, TranscriptMessage
+from shared.schemas import FaceMessage, PartialTranscriptMessage, RecallMessage, TranscriptMessage
 from tests.overlay.conftest import Overlay
 
 
@@ -28,9 +28,25 @@ def said(i: int, text: str) -> TranscriptMessage:
     )  # fmt: skip
 
 
-def publish(r: redis.Redis, *messages: RecallMessage | TranscriptMessage) -> None:
+def live(i: int, n: int, stable: str, pending: str) -> PartialTranscriptMessage:
+    """The ``n``-th live words of segment ``s<i>`` while it is still being spoken."""
+    t = time.time()
+    return PartialTranscriptMessage(
+        partial_id=f"s{i}-p{n}", segment_id=f"s{i}", session="s1", t_start=t - n, t_end=t,
+        stable=stable, pending=pending, model="tiny.en",
+    )  # fmt: skip
+
+
+STREAM_OF = {
+    RecallMessage: "recalls",
+    TranscriptMessage: "transcripts",
+    PartialTranscriptMessage: "transcripts:partial",
+}
+
+
+def publish(r: redis.Redis, *messages: RecallMessage | TranscriptMessage | PartialTranscriptMessage) -> None:
     for msg in messages:
-        r.xadd("recalls" if isinstance(msg, RecallMessage) else "transcripts", msg.to_fields())
+        r.xadd(STREAM_OF[type(msg)], msg.to_fields())
 
 
 class Events:
@@ -141,6 +157,33 @@ def test_the_overlay_page_shows_the_card_when_a_recall_comes(
     ]  # fmt: skip
     assert page.evaluate("document.getElementById('face').naturalWidth") > 0, "the thumbnail decoded"
     page.screenshot(path=artifacts / "overlay.png")
+
+
+def test_live_words_show_greyed_while_someone_speaks_and_the_transcript_replaces_them(
+    r: redis.Redis, overlay: Overlay, page: Page
+) -> None:
+    page.goto(f"{overlay.url}/")
+    page.wait_for_selector("#status.live")
+    publish(r, said(1, "Hello there."), live(2, 1, "", "I have been"))
+    page.wait_for_selector("#ticker p.partial")
+    publish(r, live(2, 2, "I have been", "working on pay"))
+    page.wait_for_function("document.querySelector('#ticker p.partial .pending').textContent.includes('pay')")
+    line = page.locator("#ticker p.partial")
+    assert line.inner_text() == "I have been working on pay"
+    assert page.locator("#ticker p.partial .pending").inner_text().strip() == "working on pay"
+    grey = page.evaluate("getComputedStyle(document.querySelector('#ticker p.partial')).fontStyle")
+    assert grey == "italic", "live words look unlike what was transcribed"
+    publish(r, said(2, "I have been working on payments."))
+    page.wait_for_selector("#ticker p.partial", state="detached")
+    late = live(2, 3, "I have been working", "on payments")
+    publish(r, late)  # another replica's partial, after the transcript
+    publish(r, said(3, "Nice."))
+    page.wait_for_function("document.querySelectorAll('#ticker p').length === 3")
+    assert page.locator("#ticker p").all_text_contents() == [
+        "Hello there.",
+        "I have been working on payments.",
+        "Nice.",
+    ], "one line per segment, the transcript in place of its live words"
 
 
 def test_the_people_page_lists_and_renames(

@@ -1,6 +1,7 @@
 """Pictures for the README, taken in a real headless Chromium from the running overlay: the card
-with the live transcript, the people page, and a merge suggestion. Written to docs/img/; each
-shot is checked for what it must show, so an empty page fails."""
+with the live transcript (and live words still being spoken), the people page, and a merge
+suggestion. Written to docs/img/; each shot is checked for what it must show, so an empty page
+fails."""
 
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from services.memory.extract import Extraction
 from services.memory.person_store import PersonStore
 from shared.schemas import FaceMessage, RecallMessage
 from tests.overlay.conftest import Overlay
-from tests.overlay.test_live import publish, said
+from tests.overlay.test_live import live, publish, said
 
 IMG = Path(__file__).parents[2] / "docs" / "img"
 
@@ -58,6 +59,7 @@ def test_screenshots_of_the_overlay_the_people_page_and_a_merge_suggestion(
     page.wait_for_selector("#status", state="attached")
     publish(
         r, said(1, "Sarah! Good to see you again."), said(2, "Hi Alex, how was the climbing trip?"),
+        live(3, 2, "Great, we finally", "did the north"),  # still speaking: live words, greyed
         RecallMessage(
             recall_id="r1", person_id=sarah, similarity=0.93, t=time.time(), others=["Tom Baker"],
             strangers=3, stay_s=600, thumb=store.profile(sarah).thumb, **card.model_dump(),
@@ -65,6 +67,7 @@ def test_screenshots_of_the_overlay_the_people_page_and_a_merge_suggestion(
     )  # fmt: skip
     shoot(page, "overlay", "#card.shown", ["Sarah Chen", "Stripe", "climbing gym"])
     assert "how was the climbing trip" in page.inner_text("#ticker")
+    assert page.inner_text("#ticker p.partial") == "Great, we finally did the north"
 
     page.goto(f"{overlay.url}/people#token={overlay.token}")
     shoot(page, "merge-suggestion", "#suggestions .suggestion", ["Same person?"])

@@ -15,6 +15,8 @@ from shared.schemas import (
     EncounterMessage,
     FaceMessage,
     FrameMessage,
+    PartialSegmentMessage,
+    PartialTranscriptMessage,
     RecallMessage,
     StreamMessage,
     TranscriptMessage,
@@ -58,6 +60,14 @@ SAMPLES: list[StreamMessage] = [
     AdapterMessage(
         version=3, base_model="SmolLM2-135M-Instruct", path="/data/adapters/v3", rows=120,
         eval_loss_before=2.5, eval_loss_after=1.75, t=10.0,
+    ),
+    PartialSegmentMessage(
+        partial_id="s1-p1", segment_id="s1", session="day1", t_start=1.5, t_end=2.5, sample_rate=16000,
+        audio=np.arange(-100, 100, dtype="<i2").tobytes(),
+    ),
+    PartialTranscriptMessage(
+        partial_id="s1-p1", segment_id="s1", session="day1", t_start=1.5, t_end=2.5, stable="Hi,",
+        pending="I'm Sar", model="tiny.en",
     ),
 ]  # fmt: skip
 
