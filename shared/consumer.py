@@ -141,6 +141,12 @@ class _Entry:
         self.outcome, self.error = Outcome.DEAD, error
 
 
+@dataclass(frozen=True)
+class _Meters:
+    processed: Any
+    latency: Any
+
+
 class Consumer:
     """Runs handlers over a consumer group on one or more streams.
 
@@ -177,6 +183,8 @@ class Consumer:
         self._last_beat = 0.0
         self._commit = Committer(client, self.cfg.dedupe_ttl_s)
         self._claim_from = dict.fromkeys(self._routes, "0-0")
+        self._meters: dict[str, _Meters] = {}
+        self._batch_handlers: dict[int, bool] = {}
 
     def stream_of(self, model: type[StreamMessage]) -> str:
         """The configured stream name of a message type."""
@@ -385,7 +393,7 @@ class Consumer:
                 entry.outcome = Outcome.DUPLICATE
 
     def _handle(self, handler: Handler, todo: list[_Entry]) -> None:
-        if isinstance(handler, BatchHandler) and len(todo) > 1 and not self.stop.is_set():
+        if len(todo) > 1 and self._batches(handler) and not self.stop.is_set():
             try:
                 results = handler.handle_batch([e.msg for e in todo])
             except Exception as exc:
@@ -409,7 +417,7 @@ class Consumer:
             return [exc] * n
 
     def _record(self, entry: _Entry, result: Outputs | Exception) -> None:
-        LATENCY.labels(self.group, entry.stream).observe(time.perf_counter() - entry.started)
+        self._meter(entry.stream).latency.observe(time.perf_counter() - entry.started)
         if not isinstance(result, Exception):
             entry.outcome, entry.outputs = Outcome.DONE, list(result)
             return
@@ -509,13 +517,14 @@ class Consumer:
                     "stream=%s id=%s outcome=duplicate", stream, eid, extra=self._fields(entry, "duplicate")
                 )
             elif entry.outcome is Outcome.DONE:
-                PROCESSED.labels(self.group, stream).inc()
+                self._meter(stream).processed.inc()
                 self.stats.processed += 1
-                n = len(entry.outputs)
-                log.info(
-                    "stream=%s id=%s ms=%.0f outcome=ok outputs=%d",
-                    stream, eid, self._ms(entry), n, extra=self._fields(entry, "ok", outputs=n),
-                )  # fmt: skip
+                if log.isEnabledFor(logging.INFO):  # the line's fields are built per entry: only if kept
+                    n = len(entry.outputs)
+                    log.info(
+                        "stream=%s id=%s ms=%.0f outcome=ok outputs=%d",
+                        stream, eid, self._ms(entry), n, extra=self._fields(entry, "ok", outputs=n),
+                    )  # fmt: skip
             else:
                 DEAD.labels(self.group, stream).inc()
                 self.stats.dead_lettered += 1
@@ -524,6 +533,22 @@ class Consumer:
                     stream, eid, entry.deliveries, entry.error,
                     extra=self._fields(entry, "dlq", error=entry.error),
                 )  # fmt: skip
+
+    def _batches(self, handler: Handler) -> bool:
+        """Whether ``handler`` is a :class:`BatchHandler` (a protocol check is slow: asked once)."""
+        known = self._batch_handlers.get(id(handler))
+        if known is None:
+            known = self._batch_handlers[id(handler)] = isinstance(handler, BatchHandler)
+        return known
+
+    def _meter(self, stream: str) -> "_Meters":
+        """The per-entry metrics of one input stream (a label lookup per entry costs microseconds)."""
+        meters = self._meters.get(stream)
+        if meters is None:
+            meters = self._meters[stream] = _Meters(
+                PROCESSED.labels(self.group, stream), LATENCY.labels(self.group, stream)
+            )
+        return meters
 
     def _fields(self, entry: _Entry, outcome: str, **more: object) -> dict[str, object]:
         """The structured fields of a log line about one entry: ids and numbers, never its payload."""

@@ -73,12 +73,15 @@ class StreamMessage(BaseModel):
     def to_fields(self) -> dict[str, bytes | str]:
         """Flatten to Redis fields."""
         fields: dict[str, bytes | str] = {}
+        values = self.__dict__
         for name, kind in self.field_kinds().items():
-            value = getattr(self, name)
+            value = values[name]
             if kind == "bytes":
                 fields[name] = value
             elif kind == "json":
-                fields[name] = json.dumps(value, separators=(",", ":"))
+                fields[name] = (
+                    json.dumps(value, separators=(",", ":")) if value else "[]" if value == [] else "{}"
+                )
             else:
                 fields[name] = repr(value) if isinstance(value, float) else str(value)
         return fields
@@ -213,7 +216,7 @@ class FaceMessage(StreamMessage):
     t: float
     bbox: Annotated[list[float], Field(min_length=4, max_length=4)]
     det_score: Annotated[float, Field(ge=0.0, le=1.0)]
-    landmarks: Annotated[list[list[float]], Field(max_length=106)] = []
+    landmarks: Annotated[list[list[float]], Field(max_length=106)] = Field(default_factory=list)
     embedding: bytes
     thumb: bytes = b""
     faces_in_frame: Annotated[int, Field(ge=0, le=1000)] = 0
@@ -264,12 +267,12 @@ class RecallMessage(StreamMessage):
     last_met: float = 0.0
     """End of the last conversation with them, epoch seconds; 0 when this is the first."""
     place: Annotated[str, Field(max_length=200)] = ""
-    topics: Annotated[list[str], Field(max_length=20)] = []
-    open_threads: Annotated[list[str], Field(max_length=20)] = []
+    topics: Annotated[list[str], Field(max_length=20)] = Field(default_factory=list)
+    open_threads: Annotated[list[str], Field(max_length=20)] = Field(default_factory=list)
     backend: Annotated[str, Field(max_length=50)] = ""
     """Which extraction backend wrote the summary it draws on: rules, anthropic or local."""
     thumb: bytes = b""
-    others: Annotated[list[str], Field(max_length=20)] = []
+    others: Annotated[list[str], Field(max_length=20)] = Field(default_factory=list)
     """Names of the other people the wearer knows who are in view too."""
     strangers: Annotated[int, Field(ge=0)] = 0
     """How many other people in view the wearer does not know (one line on the card, not a card each)."""
@@ -309,16 +312,16 @@ class EncounterMessage(StreamMessage):
     t_end: float
     transcript: Text
     summary: Text
-    facts: list[dict[str, Any]] = []
+    facts: list[dict[str, Any]] = Field(default_factory=list)
     name: Annotated[str, Field(max_length=200)] = ""
     company: Annotated[str, Field(max_length=200)] = ""
     role: Annotated[str, Field(max_length=200)] = ""
     place: Annotated[str, Field(max_length=200)] = ""
-    topics: Annotated[list[str], Field(max_length=20)] = []
-    open_threads: Annotated[list[str], Field(max_length=20)] = []
+    topics: Annotated[list[str], Field(max_length=20)] = Field(default_factory=list)
+    open_threads: Annotated[list[str], Field(max_length=20)] = Field(default_factory=list)
     backend: Annotated[str, Field(max_length=50)] = ""
     """Which extraction backend read the conversation: rules, anthropic or local."""
-    lines: Annotated[list[dict[str, str]], Field(max_length=10_000)] = []
+    lines: Annotated[list[dict[str, str]], Field(max_length=10_000)] = Field(default_factory=list)
     """Each segment in order: ``segment_id``, ``speaker`` (``me``: the wearer's enrolled voice,
     ``them``: another voice, ``""``: no voice known) and ``text``."""
 
