@@ -108,19 +108,9 @@ def dlq_list(count: Annotated[int, typer.Option(help="At most this many letters.
     for col in ("dlq id", "stream", "entry id", "group", "deliveries", "error"):
         table.add_column(col, overflow="fold")
     for entry_id, f in client.xrange(settings.streams.dlq, count=count):
-        table.add_row(
-            *(
-                _s(x)
-                for x in (
-                    entry_id,
-                    f[b"stream"],
-                    f[b"id"],
-                    f[b"group"],
-                    f[b"deliveries"],
-                    f[b"error"],
-                )
-            )
-        )
+        # a letter capture filed (an unreadable file, say) has no group and no deliveries
+        fields = (f.get(k, b"") for k in (b"stream", b"id", b"group", b"deliveries", b"error"))
+        table.add_row(_s(entry_id), *(_s(x) for x in fields))
     console.print(table)
 
 
@@ -145,7 +135,11 @@ def dlq_retry(
 ) -> None:
     """Put letters back on their original stream as new entries, and remove them from the DLQ."""
     client, settings = admin_client()
+    streams = set(settings.streams.model_dump().values())
     for entry_id, f in _letters(client, settings.streams.dlq, ids or [], all_):
+        if _s(f.get(b"stream", b"")) not in streams:  # a file capture could not read, a conversation
+            console.print(f"kept {_s(entry_id)}: it came from {_s(f.get(b'stream', b'?'))}, not a stream")
+            continue
         original = {k[2:]: v for k, v in f.items() if k.startswith(b"f.")}
         with client.pipeline(transaction=True) as pipe:  # one step: never on both, never on neither
             pipe.xadd(_s(f[b"stream"]), original)

@@ -32,10 +32,24 @@ START_S = 5
 START_RETRIES = 10
 
 
+def _answers(settings: ServiceSettings) -> bool:
+    """Whether a Redis answers at the URL (with or without a password it may ask for)."""
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
+    except (redis.AuthenticationError, redis.ResponseError):
+        return True
+    except redis.RedisError:
+        return False
+    return True
+
+
 def ensure_redis(settings: ServiceSettings) -> tuple[RedisServer | None, Path | None]:
-    """Use ``CONVO_REDIS_URL`` when set; otherwise start a private server on the default URL's port,
-    with one ACL user per service. Returns the server it started and the ACL directory to log in with."""
-    if "CONVO_REDIS_URL" in os.environ:
+    """Use the Redis at ``CONVO_REDIS_URL`` when one answers there; otherwise start a private
+    server on that URL's port (by default 6380) when it is on this machine, with one ACL user per
+    service. Returns the server it started and the ACL directory to log in with."""
+    url = redis.connection.parse_url(settings.redis_url)
+    here = url.get("host", "127.0.0.1") in ("127.0.0.1", "localhost")
+    if "CONVO_REDIS_URL" in os.environ and (not here or _answers(settings)):
         return None, settings.acl_dir
     acl_dir = settings.acl_dir or STATE / "acl"
     acl.write(settings, acl_dir)
@@ -48,7 +62,7 @@ def ensure_redis(settings: ServiceSettings) -> tuple[RedisServer | None, Path | 
             continue
         except redis.ConnectionError:
             break
-    port = redis.connection.parse_url(settings.redis_url).get("port", 6380)
+    port = url.get("port", 6380)
     server = RedisServer(STATE / "redis", port=port, acl_dir=acl_dir).start()
     (STATE / "redis.url").write_text(settings.redis_url)  # for services started by hand beside it
     console.print(

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from services.cli import app
 from shared.consumer import Consumer
-from shared.schemas import AudioSegmentMessage, TranscriptMessage
+from shared.schemas import AudioSegmentMessage, TranscriptMessage, dead_letter
 from shared.settings import ServiceSettings
 from tests.shared.test_consumer import echo, publish
 
@@ -90,6 +90,16 @@ def test_dlq_list_retry_and_drop(r: redis.Redis, cli: CliRunner, settings: Servi
     assert cli.invoke(app, ["dlq", "drop", "--all"]).exit_code == 0
     assert r.xlen("dlq") == 0
     assert "no such dead letter" in cli.invoke(app, ["dlq", "drop", second]).output
+
+
+def test_a_letter_from_no_stream_is_listed_and_kept_on_retry(r: redis.Redis, cli: CliRunner) -> None:
+    """Capture files a recording or a mic it cannot read: there is no stream to put it back on."""
+    r.xadd("dlq", dead_letter("capture", "mic", "cannot open the microphone", {"session": "s1"}))
+    listing = cli.invoke(app, ["dlq", "list"])
+    assert listing.exit_code == 0 and "cannot open the microphone" in listing.output, listing.output
+    retried = cli.invoke(app, ["dlq", "retry", "--all"])
+    assert retried.exit_code == 0 and "not a stream" in retried.output and r.xlen("dlq") == 1
+    assert not r.exists("capture"), "nothing was written to a stream named after the source"
 
 
 def test_convo_logs_interleaves_the_services_by_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,7 @@ def train() -> None:
 
 def run_training(user: str) -> None:
     """One training job as Redis user ``user``: an operator's, or the trainer service's."""
-    from services.trainer.job import JobRunningError, run_job
+    from services.trainer.job import JobRunningError, NoRowsError, run_job
     from services.trainer.settings import TrainerSettings
 
     settings = local_login(TrainerSettings())
@@ -37,6 +37,9 @@ def run_training(user: str) -> None:
     except JobRunningError as exc:
         console.print(str(exc))
         raise typer.Exit(2) from None
+    except NoRowsError as exc:
+        console.print(f"{exc}: the trainer learns from remembered conversations (`convo export` lists them)")
+        raise typer.Exit(1) from None
     console.print(
         f"adapter v{a.version} at {a.path}: eval loss {a.eval_loss_before:.3f} -> {a.eval_loss_after:.3f}"
     )

@@ -24,6 +24,10 @@ class JobRunningError(RuntimeError):
     """Another training job holds the lock."""
 
 
+class NoRowsError(ValueError):
+    """Nothing to train on yet."""
+
+
 @dataclass
 class JobResult:
     adapter: AdapterMessage
@@ -48,7 +52,7 @@ def run_job(client: redis.Redis, settings: TrainerSettings, progress: bool = Tru
         if skipped:
             log.warning("job: skipped rows %s", skipped)
         if not train_set.examples:
-            raise ValueError(f"no usable training rows (skipped {skipped})")
+            raise NoRowsError(f"no usable training rows (skipped {skipped})")
         pad = tokenizer.pad_token_id
         before = evaluate(model, eval_set.examples, pad)
         model = with_lora(model, settings.lora)
