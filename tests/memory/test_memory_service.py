@@ -151,18 +151,27 @@ def test_two_replicas_seeing_one_new_face_create_one_person(
     assert answers[0] == answers[1] == r.smembers(MemoryKeys.PERSONS).pop().decode()
 
 
+def sarah_said_hi(
+    r: redis.Redis, settings: MemorySettings, embeddings: dict[str, np.ndarray]
+) -> tuple[MemoryHandler, float]:
+    """Memory, having seen Sarah's face in session s1 20 s ago and heard her introduce herself."""
+    handler = MemoryHandler(r, settings)
+    now = time.time()
+    r.sadd(MemoryKeys.SESSIONS, "s1")
+    handler.on_face(
+        FaceMessage(
+            face_id="s1-f1-0", frame_id="s1-f1", session="s1", t=now - 20, bbox=(0, 0, 100, 100),
+            det_score=0.9, embedding=embedding_to_bytes(embeddings["astronaut"]), thumb=b"",
+        )
+    )  # fmt: skip
+    handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
+    return handler, now
+
+
 def test_a_replica_killed_between_ending_and_writing_an_encounter_loses_nothing(
     r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
 ) -> None:
-    handler = MemoryHandler(r, memory_settings)
-    now = time.time()
-    r.sadd(MemoryKeys.SESSIONS, "s1")
-    face = FaceMessage(
-        face_id="s1-f1-0", frame_id="s1-f1", session="s1", t=now - 20, bbox=(0, 0, 100, 100),
-        det_score=0.9, embedding=embedding_to_bytes(embeddings["astronaut"]), thumb=b"",
-    )  # fmt: skip
-    handler.on_face(face)
-    handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
+    handler, _ = sarah_said_hi(r, memory_settings, embeddings)
     time.sleep(1.1)
     assert handler.tick() == [], "memory ends it and hands it over"
     [(_, fields)] = r.xrange("conversations")
@@ -181,16 +190,7 @@ def test_a_scribe_killed_after_writing_leaves_nothing_behind(
 ) -> None:
     """The encounter is in the stream but the scribe died before clearing its state: the next
     scribe's tick clears it, and writes nothing twice."""
-    handler = MemoryHandler(r, memory_settings)
-    now = time.time()
-    r.sadd(MemoryKeys.SESSIONS, "s1")
-    handler.on_face(
-        FaceMessage(
-            face_id="s1-f1-0", frame_id="s1-f1", session="s1", t=now - 20, bbox=(0, 0, 100, 100),
-            det_score=0.9, embedding=embedding_to_bytes(embeddings["astronaut"]), thumb=b"",
-        )
-    )  # fmt: skip
-    handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
+    handler, _ = sarah_said_hi(r, memory_settings, embeddings)
     time.sleep(1.1)
     handler.tick()
     loop = scribe_loop(r, memory_settings, Scribe(r, memory_settings))
@@ -204,16 +204,7 @@ def test_a_scribe_killed_after_writing_leaves_nothing_behind(
 def test_a_conversation_is_not_ended_while_memory_still_has_older_entries_waiting(
     r: redis.Redis, memory_settings: MemorySettings, embeddings: dict[str, np.ndarray]
 ) -> None:
-    handler = MemoryHandler(r, memory_settings)
-    now = time.time()
-    r.sadd(MemoryKeys.SESSIONS, "s1")
-    handler.on_face(
-        FaceMessage(
-            face_id="s1-f1-0", frame_id="s1-f1", session="s1", t=now - 20, bbox=(0, 0, 100, 100),
-            det_score=0.9, embedding=embedding_to_bytes(embeddings["astronaut"]), thumb=b"",
-        )
-    )  # fmt: skip
-    handler.on_transcript(line("s1", 0, "Hi, I'm Sarah Chen from Stripe.", now - 20))
+    handler, now = sarah_said_hi(r, memory_settings, embeddings)
     # A transcript of the same talk, written 10 s ago, still waits (its replica stalled, say).
     r.xgroup_create("transcripts", "memory", id="0", mkstream=True)
     waiting = line("s1", 1, "I work on rate limits.", now - 18)
