@@ -62,8 +62,9 @@ from shared.settings import ConsumerSettings, ServiceSettings
 WEARER = "Alex"
 """The wearer's name in the scenes."""
 GAP_S = 3.0
-DAYS_APART = 3
 """The pause that ends a scene's conversation (scenes are seconds long, not hours)."""
+DAYS_APART = 3
+"""Each scene is a capture session this many days after the last."""
 
 
 class Line(BaseModel):

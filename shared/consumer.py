@@ -28,10 +28,15 @@ from shared.streams import done_key, heartbeat_key
 log = logging.getLogger(__name__)
 
 
-def done_id(group: str, msg: StreamMessage) -> str:
+def done_of(group: str, model: type[StreamMessage], key: str) -> str:
     """The idempotency record of one input: its stream and its id, since two streams a group
     reads may share ids (a segment's transcript and its voice both carry the segment id)."""
-    return done_key(group, f"{msg.STREAM}:{msg.key}")
+    return done_key(group, f"{model.STREAM}:{key}")
+
+
+def done_id(group: str, msg: StreamMessage) -> str:
+    """:func:`done_of` a parsed message."""
+    return done_of(group, type(msg), msg.key)
 
 
 PROCESSED = Counter("convo_processed_total", "Entries handled and acked", ["stage", "stream"])
@@ -247,7 +252,7 @@ class Consumer:
             log.exception("group %s tick failed; trying again in %.0fs", self.group, self.ticker.every_s)
             return
         if outputs:
-            work = [(done_key(self.group, f"{out.STREAM}:{out.key}"), [out]) for out in outputs]
+            work = [(done_id(self.group, out), [out]) for out in outputs]
             written = self._commit(self._work(work))
             log.info("group %s tick: %d outputs, %d new", self.group, len(outputs), sum(written))
         self.ticker.committed(outputs)

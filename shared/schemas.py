@@ -327,7 +327,7 @@ class EncounterMessage(StreamMessage):
 
 
 class AdapterMessage(StreamMessage):
-    """A trained adapter, announced so that memory's ``local`` backend loads it."""
+    """A trained adapter, announced so that the scribe's ``local`` backend loads it."""
 
     STREAM = "trainer_runs"
     KEY = "version"

@@ -38,7 +38,8 @@ from shared.schemas import (
 
 log = logging.getLogger(__name__)
 PARTIALS_DROPPED = Counter(
-    "convo_capture_partials_dropped_total", "Partials not sent because speech waited to be transcribed"
+    "convo_capture_partials_dropped_total",
+    "Partials not sent because segments waited for the transcriber or voice stage",
 )
 
 
@@ -68,7 +69,7 @@ class CaptureRunner:
             if isinstance(msg, FrameMessage) and self._face_lags():
                 continue
             if isinstance(msg, PartialSegmentMessage) and self.speech_backlog():
-                PARTIALS_DROPPED.inc()  # speech waits to be transcribed: live words are the first to go
+                PARTIALS_DROPPED.inc()  # segments wait for a stage: live words are the first to go
                 continue
             if isinstance(msg, AudioSegmentMessage):
                 self._warn_if_speech_waits()

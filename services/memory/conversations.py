@@ -28,7 +28,7 @@ import redis
 from services.memory.repository import text
 from shared.retention import oldest_unfinished
 from shared.schemas import ConversationMessage, dead_letter
-from shared.streams import MemoryKeys
+from shared.streams import MemoryKeys, StreamCaps, StreamNames
 
 _NOW = """
 local function now()
@@ -122,6 +122,8 @@ class OpenState:
 
 
 SPEAKERS_TTL_S = 7 * 86400
+HANDOVER, HANDOVER_CAP = StreamNames(), StreamCaps()
+"""The hand-over stream's default name and cap; memory passes its configured ones."""
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,18 @@ class Closing:
     people: dict[str, float]
     """Persons seen in it, with their evidence (weighted, summed over the conversation)."""
     failures: int = 0
-    """Ticks that failed to write it so far."""
+    """Tries that failed to write it so far (the scribe retries by redelivery)."""
 
 
 class Conversations:
     """Each session's open state and the ended conversations not yet written."""
 
-    def __init__(self, client: redis.Redis, handover: str = "conversations", cap: int = 10_000) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        handover: str = HANDOVER.conversations,
+        cap: int = HANDOVER_CAP.conversations,
+    ) -> None:
         self.redis = client
         self.handover, self.cap = handover, cap
         self._seen = client.register_script(SEEN)

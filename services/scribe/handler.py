@@ -22,8 +22,9 @@ from services.memory.settings import MemorySettings
 from services.memory.view import named, pick
 from services.memory.voices import VoiceIndex
 from services.memory.wearer import ME, THEM
+from shared.consumer import done_of
 from shared.schemas import ConversationMessage, EncounterMessage, StreamMessage
-from shared.streams import Groups, done_key
+from shared.streams import Groups
 
 log = logging.getLogger(__name__)
 ENCOUNTERS = Counter(
@@ -78,8 +79,12 @@ class Scribe:
     def tick(self) -> list[EncounterMessage]:
         """Clear the state of conversations whose encounter is written (a replica killed between
         the write and :meth:`committed`)."""
-        for eid in self.conversations.closing_ids():
-            if self.redis.exists(done_key(Groups.SCRIBE, f"{ConversationMessage.STREAM}:{eid}")):
+        eids = self.conversations.closing_ids()
+        marks = (
+            self.redis.mget([done_of(Groups.SCRIBE, ConversationMessage, e) for e in eids]) if eids else []
+        )
+        for eid, mark in zip(eids, marks, strict=True):
+            if mark is not None:
                 self.conversations.discard(eid)
         return []
 

@@ -1,14 +1,13 @@
 """Speech segments in, transcripts out."""
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 from prometheus_client import Counter
 
-from services.transcriber.model import Transcription, WhisperSpeechModel
+from services.transcriber.model import Transcription, WhisperSpeechModel, plain_words
 from services.transcriber.settings import WhisperSettings
 from shared.audio import pcm_to_float
 from shared.consumer import BatchedHandler
@@ -21,7 +20,7 @@ DROPPED = Counter("convo_transcriber_dropped_total", "Segments that gave no tran
 
 def words(text: str) -> str:
     """Lower-cased text without punctuation: what the drop rules compare."""
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+    return " ".join(plain_words(text))
 
 
 def dbfs(audio: np.ndarray) -> float:

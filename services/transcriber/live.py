@@ -9,14 +9,13 @@ live words never hold up a segment's transcript.
 """
 
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from prometheus_client import Counter
 
-from services.transcriber.model import WhisperSpeechModel
+from services.transcriber.model import WhisperSpeechModel, plain_words
 from services.transcriber.settings import WhisperSettings
 from shared.audio import pcm_to_float
 from shared.consumer import BatchedHandler
@@ -28,18 +27,14 @@ KEEP = 512
 """Utterances whose live state is remembered (a replica serves a few sessions at a time)."""
 
 
-def _plain(word: str) -> str:
-    return re.sub(r"[^\w']", "", word.lower())
-
-
 def agree(committed: list[str], previous: list[str], now: list[str]) -> list[str]:
     """The stable words after a new decode: the committed ones, extended by the longest prefix
     that the previous and the new decode share, once that prefix starts with them."""
     n = 0
-    while n < min(len(previous), len(now)) and _plain(previous[n]) == _plain(now[n]):
+    while n < min(len(previous), len(now)) and plain_words(previous[n]) == plain_words(now[n]):
         n += 1
     shared = now[:n]
-    starts = [_plain(w) for w in shared[: len(committed)]] == [_plain(w) for w in committed]
+    starts = [plain_words(w) for w in shared[: len(committed)]] == [plain_words(w) for w in committed]
     return shared if len(shared) > len(committed) and starts else committed
 
 

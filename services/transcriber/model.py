@@ -37,13 +37,14 @@ def confidence(avg_logprobs: list[float]) -> float:
     return float(min(max(math.exp(sum(avg_logprobs) / len(avg_logprobs)), 0.0), 1.0))
 
 
-def _plain(text: str) -> list[str]:
+def plain_words(text: str) -> list[str]:
+    """Lower-cased words without punctuation: how decodes are compared."""
     return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
 def echoes(text: str, hotwords: str) -> bool:
     """Whether a decode is the hotwords themselves: all of them (three or more), in their order."""
-    said, hot = _plain(text), _plain(hotwords)
+    said, hot = plain_words(text), plain_words(hotwords)
     return len(hot) >= 3 and any(said[i : i + len(hot)] == hot for i in range(len(said) - len(hot) + 1))
 
 
@@ -114,10 +115,10 @@ class WhisperSpeechModel:
         plain = self._decode(audio, None)
         return plain if echo or plain.confidence >= out.confidence else out
 
-    def quick(self, audio: np.ndarray, hotwords: str | None = None) -> Transcription:
-        """A cheap decode (greedy) for live words while speech goes on."""
+    def quick(self, audio: np.ndarray) -> Transcription:
+        """A cheap decode (greedy, no hotwords) for live words while speech goes on."""
         self.load()
-        return self._decode(audio, hotwords, 1)
+        return self._decode(audio, None, 1)
 
     def _decode(self, audio: np.ndarray, hotwords: str | None, beam_size: int | None = None) -> Transcription:
         segments, info = self.model.transcribe(  # type: ignore[attr-defined]
