@@ -14,7 +14,7 @@ from shared.streams import Groups
 def build(settings: TranscriberSettings) -> dict[type[StreamMessage], Handler]:
     context = SessionContext(connect(settings, Groups.TRANSCRIBER))
     finals = TranscriberHandler(settings.whisper, context=context).load()
-    live = LiveWords(settings.whisper, finals.model)
+    live = LiveWords(settings.whisper, finals.model, finals.hotwords)
     finals.transcribed = live.finish
     # segments first: the consumer handles and writes its streams in this order
     return {AudioSegmentMessage: finals, PartialSegmentMessage: live}

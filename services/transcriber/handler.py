@@ -51,9 +51,11 @@ class TranscriberHandler(BatchedHandler):
         """Told the ids of the segments handled (the live words of those utterances are over)."""
 
     def hotwords(self, session: str) -> str | None:
-        """The wearer's vocabulary and the session's context, as one hotwords string for Whisper."""
+        """The wearer's vocabulary and the session's context, as one hotwords string for Whisper.
+        Comma-separated: as a list of terms tiny.en takes them as words that may come up; run
+        together ("Dana Rains Acme") it reads them as a sentence and tends to write it out."""
         found = [*(self.context.words(session) if self.context else []), *self.settings.vocabulary]
-        return " ".join(dict.fromkeys(w for w in found if w)) or None
+        return ", ".join(dict.fromkeys(w for w in found if w)) or None
 
     def load(self) -> "TranscriberHandler":
         self.model.load()

@@ -1,17 +1,17 @@
 """Live words while someone speaks: partial audio in, words that do not flicker out.
 
 Capture sends an utterance's audio so far every ``partial_every_s`` while it goes on. Each is
-decoded cheaply (greedy), and a word is *stable* once two decodes in a row agree on it and on
-every word before it (LocalAgreement-2, as in whisper_streaming); stable words never change
-again, the rest are *pending*. Only the newest partial of an utterance is decoded: older ones
-in the same batch, ones whose segment is already transcribed, and stale ones are dropped, so
-live words never hold up a segment's transcript.
+decoded cheaply (greedy, with the session's hotwords), and a word is *stable* once two decodes
+in a row agree on it and on every word before it (LocalAgreement-2, as in whisper_streaming);
+stable words never change again, the rest are *pending*. Only the newest partial of an
+utterance is decoded: older ones in the same batch, ones whose segment is already transcribed,
+and stale ones are dropped, so live words never hold up a segment's transcript.
 """
 
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter
 
@@ -41,9 +41,14 @@ def agree(committed: list[str], previous: list[str], now: list[str]) -> list[str
 class LiveWords(BatchedHandler):
     """``audio:partials`` in, ``transcripts:partial`` out."""
 
-    def __init__(self, settings: WhisperSettings, model: WhisperSpeechModel) -> None:
+    def __init__(
+        self, settings: WhisperSettings, model: WhisperSpeechModel,
+        hotwords: Callable[[str], str | None] | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.model = model
+        self.hotwords = hotwords
+        """The session's hotwords (the transcriber's :meth:`TranscriberHandler.hotwords`)."""
         self.heard: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
         """Per segment: the last decode's words, and the stable ones."""
         self.finished: OrderedDict[str, None] = OrderedDict()
@@ -79,7 +84,7 @@ class LiveWords(BatchedHandler):
         if outcome:
             LIVE.labels(outcome).inc()
             return []
-        words = self.model.quick(audio).text.split()
+        words = self.model.quick(audio, self.hotwords(msg.session) if self.hotwords else None).text.split()
         previous, stable = self.heard.pop(msg.segment_id, ([], []))
         stable = agree(stable, previous, words)
         self.heard[msg.segment_id] = (words, stable)

@@ -101,24 +101,27 @@ class WhisperSpeechModel:
         self.load()
         return self._predict(audio, hotwords)
 
-    def _predict(self, audio: np.ndarray, hotwords: str | None = None) -> Transcription:
+    def _predict(
+        self, audio: np.ndarray, hotwords: str | None = None, beam_size: int | None = None
+    ) -> Transcription:
         """Hotwords help a name through and can derail the rest: with "Sarah Chen Stripe", tiny.en
         hears "Is this your first time at the climbing gym?" as "...at McLide Engine", less
         surely (0.47 against 0.55), and it sometimes writes the hotwords themselves as the text.
         An unsure or echoing decode with hotwords is decoded again without, and the surer kept."""
-        out = self._decode(audio, hotwords)
+        out = self._decode(audio, hotwords, beam_size)
         if not hotwords:
             return out
         echo = echoes(out.text, hotwords)
         if not echo and out.confidence >= self.settings.hotwords_sure:
             return out
-        plain = self._decode(audio, None)
+        plain = self._decode(audio, None, beam_size)
         return plain if echo or plain.confidence >= out.confidence else out
 
-    def quick(self, audio: np.ndarray) -> Transcription:
-        """A cheap decode (greedy, no hotwords) for live words while speech goes on."""
+    def quick(self, audio: np.ndarray, hotwords: str | None = None) -> Transcription:
+        """A cheap decode (greedy) for live words while speech goes on; hotwords as in
+        :meth:`predict`, since a name in live words is evidence memory acts on."""
         self.load()
-        return self._decode(audio, None, 1)
+        return self._predict(audio, hotwords, 1)
 
     def _decode(self, audio: np.ndarray, hotwords: str | None, beam_size: int | None = None) -> Transcription:
         segments, info = self.model.transcribe(  # type: ignore[attr-defined]

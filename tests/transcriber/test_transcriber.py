@@ -142,6 +142,21 @@ def test_hotwords_help_a_name_through_and_do_not_derail_the_rest(whisper: Whispe
     assert not echoes(whisper.predict(priya, "Priya Natarajan Anthropic").text, "Priya Natarajan Anthropic")
 
 
+def test_hotwords_are_given_as_a_list_of_terms(whisper: WhisperSpeechModel) -> None:
+    """Run together, the context reads as a sentence and tiny.en loses the company in a greeting;
+    as the comma-separated terms the handler passes, it is heard."""
+    from services.capture.demo import speak
+
+    settings = WhisperSettings(vocabulary=["Nvidia"])
+    handler = TranscriberHandler(settings, whisper)
+    assert handler.hotwords("no-context") == "Nvidia"
+    settings.vocabulary = ["Grace", "Kim", "Nvidia", "Grace"]
+    assert handler.hotwords("no-context") == "Grace, Kim, Nvidia"
+    grace = speak("en-us+f2", "Hi again Grace, how is Nvidia treating you?")
+    assert "Nvidia" not in whisper.predict(grace, "Grace Kim Nvidia").text
+    assert "Nvidia" in whisper.predict(grace, handler.hotwords("no-context")).text
+
+
 def test_an_echo_is_every_hotword_in_order() -> None:
     assert echoes("Dana Rains Acme. Thanks, good to see you.", "Dana Rains Acme")
     assert not echoes("Dana, good to see you at Acme.", "Dana Rains Acme")
