@@ -95,7 +95,7 @@ GRANTS = (
     Grant("face", consumes=(FrameMessage,), produces=(FaceMessage,)),
     Grant("voice", consumes=(AudioSegmentMessage,), produces=(VoiceMessage,)),
     Grant(
-        "memory", consumes=(TranscriptMessage, FaceMessage, VoiceMessage),
+        "memory", consumes=(TranscriptMessage, PartialTranscriptMessage, FaceMessage, VoiceMessage),
         produces=(RecallMessage, ConversationMessage),
         # it waits for the transcriber's backlog before it ends a conversation
         watches=(AudioSegmentMessage,), keys=MEMORY_KEYS,

@@ -206,6 +206,12 @@ class MemoryKeys:
         return f"{KEY_PREFIX}:session:{session}:speaking"
 
     @staticmethod
+    def maybe(session: str) -> str:
+        """HASH person -> when a face in the session's view last scored borderline against them
+        (within ``named_slack`` of the threshold): their name may well be said."""
+        return f"{KEY_PREFIX}:session:{session}:maybe"
+
+    @staticmethod
     def context(session: str) -> str:
         """STRING, a JSON list: words the session's speech is likely to hold now (the names, companies
         and topics of the people in view), which the transcriber gives Whisper as hotwords."""

@@ -4,19 +4,13 @@ ended conversations to the scribe."""
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
 from shared.runtime import Stage, connect, stage_app
-from shared.schemas import FaceMessage, TranscriptMessage, VoiceMessage
 from shared.streams import Groups
 
 
 def build(settings: MemorySettings) -> Stage:
     client = connect(settings, Groups.MEMORY)
     handler = MemoryHandler(client, settings)
-    handlers = {
-        FaceMessage: handler.on_face,
-        TranscriptMessage: handler.on_transcript,
-        VoiceMessage: handler.on_voice,
-    }
-    return Stage(handlers, ticker=handler)
+    return Stage(handler.handlers, ticker=handler)
 
 
 app = stage_app(MemorySettings, Groups.MEMORY, build)

@@ -22,6 +22,7 @@ from services.memory.wearer import ME, THEM, Wearer
 from shared.schemas import (
     BadMessageError,
     FaceMessage,
+    PartialTranscriptMessage,
     RecallMessage,
     StreamMessage,
     TranscriptMessage,
@@ -72,6 +73,17 @@ class MemoryHandler:
         self.voices = VoiceIndex(client, settings.voice_match)
         self.every_s = settings.encounter.tick_s
 
+    @property
+    def handlers(self) -> dict[type[StreamMessage], Callable[..., list[RecallMessage]]]:
+        """What memory consumes, by stream; the consumer handles and writes them in this order:
+        faces first, so that words of a batch find who is in view."""
+        return {
+            FaceMessage: self.on_face,
+            TranscriptMessage: self.on_transcript,
+            VoiceMessage: self.on_voice,
+            PartialTranscriptMessage: self.on_partial,
+        }
+
     def _known_session(self, session: str) -> None:
         if not self.conversations.known_session(session):
             raise BadMessageError(f"unknown session {session!r}: no capture announced it")
@@ -109,13 +121,18 @@ class MemoryHandler:
 
     def _named_just_now(self, session: str, t: float) -> Callable[[str], bool]:
         """Whether a person's first name was said in the session in the last ``view_s`` (read only
-        for a borderline face, so a confident match costs nothing)."""
+        for a borderline face, so a confident match costs nothing). The known persons asked about
+        are kept as *maybe* in view: their names go to the transcriber's context, since the
+        wearer may be about to say one."""
         lines: list[str] | None = None
 
         def said(pid: str) -> bool:
             nonlocal lines
             if lines is None:
                 lines = self.views.heard_since(session, t - self.settings.view.view_s)
+            known, _ = self.store.repo.standing(pid)
+            if known:
+                self.views.maybe(session, [pid], t)
             return bool(lines) and named(self.store.profile(pid).name, lines)
 
         return said
@@ -153,7 +170,7 @@ class MemoryHandler:
             return []
         person = known.get(top.pid) or self.store.profile(top.pid)
         card = self.store.recall(top.pid, now=t, person=person)
-        self._context(session, known)
+        self._context(session, t, known)
         others = [p.name for pid, p in known.items() if pid != top.pid]
         strangers = sum(1 for s in ranked if not s.known and s.pid != top.pid)
         self.views.show(session, top.pid, t, 10 * view.view_s)
@@ -170,10 +187,12 @@ class MemoryHandler:
         """The profiles of the known people in view, in rank order (read once per decision)."""
         return {s.pid: self.store.profile(s.pid) for s in ranked if s.known}
 
-    def _context(self, session: str, known: dict[str, Person]) -> None:
-        """Tell the transcriber whom the speech is likely about: the known people in view."""
+    def _context(self, session: str, t: float, known: dict[str, Person]) -> None:
+        """Tell the transcriber whom the speech is likely about: the known people in view, then
+        those a borderline face in view might be."""
+        maybe = [p for p in self.views.maybes(session, t - self.settings.view.view_s) if p not in known]
         words: list[str] = []
-        for pid, p in known.items():
+        for pid, p in [*known.items(), *((m, self.store.profile(m)) for m in maybe)]:
             last = self.store.repo.last_encounter(pid)
             words += [*p.name.split(), p.company, *(last.topics[:2] if last else [])]
         self.views.set_context(session, [w for w in words if w], 10 * self.settings.view.view_s)
@@ -229,18 +248,44 @@ class MemoryHandler:
         log.info("segment=%s person=%s outcome=voice score=%.2f %s", msg.segment_id, pid, score, note)
         return self._card(msg.session, msg.t_end, msg.segment_id, note=note)
 
-    def _introduction(self, msg: TranscriptMessage) -> list[RecallMessage]:
-        """Names heard are evidence. A known person in view who is named aloud is the one talked to;
-        a self-introduction names the interlocutor at once, on the live card."""
+    def on_partial(self, msg: PartialTranscriptMessage) -> list[RecallMessage]:
+        """Live words are evidence of a name a second or more before the utterance's transcript:
+        "Sarah! Over here" settles Sarah's borderline face while she is still being greeted. They
+        go to no conversation, and introduce no one (the transcript does that, once it is final)."""
+        self._known_session(msg.session)
+        self._check_time(f"partial {msg.partial_id}", msg.t_start, msg.t_end)
+        text = f"{msg.stable} {msg.pending}".strip()
+        if not text:
+            return []  # nothing recognisable yet
+        return self._named_aloud(msg.session, msg.t_end, text, msg.partial_id)[1] or []
+
+    def _named_aloud(
+        self, session: str, t: float, text: str, recall_id: str
+    ) -> tuple[list[Sighting], list[RecallMessage] | None]:
+        """Keep what was said, for the names in it; a known person in view who is named aloud is the
+        one talked to, so the card is decided again. Returns who is in view, and the card when a
+        known person in view was named (an empty list when it is no news)."""
         view = self.settings.view
-        self.views.heard(msg.session, msg.t_end, msg.text)
-        ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
+        self.views.heard(session, t, text)
+        ranked = rank(self.views.view(session), t, view.view_s, view.known_bonus)
         if not ranked:
-            return []  # a name said with nobody in view makes no card
-        shown = self.views.shown(msg.session)
-        now = max(msg.t_end, shown.t if shown else msg.t_end)  # frames may be ahead of the speech
-        if any(named(p.name, [msg.text]) for p in self._known_in_view(ranked).values()):
-            return self._card(msg.session, now, msg.segment_id)
+            return [], None  # a name said with nobody in view makes no card
+        if any(named(p.name, [text]) for p in self._known_in_view(ranked).values()):
+            return ranked, self._card(session, self._now(session, t), recall_id)
+        return ranked, None
+
+    def _now(self, session: str, t: float) -> float:
+        shown = self.views.shown(session)
+        return max(t, shown.t if shown else t)  # frames may be ahead of the speech
+
+    def _introduction(self, msg: TranscriptMessage) -> list[RecallMessage]:
+        """Names heard are evidence (:meth:`_named_aloud`); a self-introduction names the
+        interlocutor at once, on the live card."""
+        view = self.settings.view
+        ranked, card = self._named_aloud(msg.session, msg.t_end, msg.text, msg.segment_id)
+        if card is not None or not ranked:
+            return card or []
+        now = self._now(msg.session, msg.t_end)
         if self.conversations.speakers(msg.session, [msg.segment_id]) == [ME]:
             return []  # the wearer introducing themselves
         intro = grounded(RulesExtractor().extract(msg.text, self.store.wearer), msg.text)

@@ -177,16 +177,29 @@ class Views:
 
     def voiced(self, session: str, pid: str, t: float) -> None:
         """A known person's voice was heard in the session at ``t``."""
-        key = MemoryKeys.voiced(session)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, pid, repr(t))
-            pipe.expire(key, 3600)
-            pipe.execute()
+        self._mark(MemoryKeys.voiced(session), [pid], t)
 
     def speaking(self, session: str, since: float) -> dict[str, float]:
         """The known persons heard since ``since``, with when they were last heard."""
-        heard = {text(p): float(t) for p, t in self.redis.hgetall(MemoryKeys.voiced(session)).items()}
-        return {p: t for p, t in heard.items() if t >= since}
+        return self._since(MemoryKeys.voiced(session), since)
+
+    def maybe(self, session: str, pids: Collection[str], t: float) -> None:
+        """A face in view at ``t`` scored borderline against these known persons."""
+        if pids:
+            self._mark(MemoryKeys.maybe(session), pids, t)
+
+    def maybes(self, session: str, since: float) -> list[str]:
+        return sorted(self._since(MemoryKeys.maybe(session), since))
+
+    def _mark(self, key: str, pids: Collection[str], t: float) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping={pid: repr(t) for pid in pids})
+            pipe.expire(key, 3600)
+            pipe.execute()
+
+    def _since(self, key: str, since: float) -> dict[str, float]:
+        marks = {text(p): float(t) for p, t in self.redis.hgetall(key).items()}
+        return {p: t for p, t in marks.items() if t >= since}
 
     def frame_done(self, frame_id: str, face_id: str, faces_in_frame: int) -> bool:
         """Note a face of the frame as handled; True once all of them are (or the count is unknown)."""

@@ -1,6 +1,7 @@
 """Who is this, in real scenes: crowds, two known people, names said aloud, strangers who expire,
 introductions, people who leave and come back. Real photos, real buffalo_s, real Redis."""
 
+import json
 import time
 
 import cv2
@@ -11,7 +12,7 @@ import redis
 from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings, ViewSettings
-from shared.schemas import FaceMessage, RecallMessage
+from shared.schemas import FaceMessage, PartialTranscriptMessage, RecallMessage
 from shared.streams import MemoryKeys
 from tests.face.conftest import photo
 from tests.memory.test_conversations import encounters, settle
@@ -150,6 +151,8 @@ def test_a_name_heard_settles_a_borderline_match(
     show(r, faces_of(face_pack, far, "far", "far-f1", t + 40))
     run(r, memory_settings, handler)
     assert all(c.person_id != sarah for c in cards(r) if c.recall_id.startswith("far")), "borderline alone"
+    context = json.loads(r.get(MemoryKeys.context("far")) or "[]")
+    assert {"Sarah", "Chen"} <= set(context), f"her name may be said, so it is in the context: {context}"
     r.xadd("transcripts", line("far", 1, "Sarah! Good to see you again.", t + 41).to_fields())
     run(r, memory_settings, handler)
     for i in (2, 3):
@@ -166,6 +169,43 @@ def test_a_name_heard_settles_a_borderline_match(
     show(r, faces_of(face_pack, far, "other", "other-f1", t + 101))
     run(r, memory_settings, handler)
     assert all(c.person_id != sarah for c in cards(r) if c.recall_id.startswith("other")), "not her name"
+
+
+def test_live_words_settle_a_borderline_match_before_the_transcript(
+    r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
+) -> None:
+    """ "Sarah! Over here" in the live words of a greeting still going on: the next frame of her
+    borderline face is hers, with no transcript yet. Live words join no conversation."""
+    handler = MemoryHandler(r, memory_settings)
+    t = time.time() - 90
+    astronaut = photo("astronaut")
+    sarah = meet(r, memory_settings, handler, face_pack, astronaut, "m1", "Hi, I'm Sarah Chen.", t)
+    far = glimpse(astronaut)
+    r.sadd(MemoryKeys.SESSIONS, "far")
+    show(r, faces_of(face_pack, far, "far", "far-f1", t + 40))
+    run(r, memory_settings, handler)
+    assert all(c.person_id != sarah for c in cards(r) if c.recall_id.startswith("far")), "borderline alone"
+    live = PartialTranscriptMessage(
+        partial_id="far-a1-p1", segment_id="far-a1", session="far", t_start=t + 40.5, t_end=t + 42,
+        stable="", pending="Sarah! Over here", model="tiny.en",
+    )  # fmt: skip
+    r.xadd("transcripts:partial", live.to_fields())
+    run(r, memory_settings, handler)
+    show(r, faces_of(face_pack, far, "far", "far-f2", t + 42.5))
+    run(r, memory_settings, handler)
+    far_cards = [c for c in cards(r) if c.recall_id.startswith("far")]
+    assert far_cards[-1].person_id == sarah and far_cards[-1].recall_id == "far-f2:0", far_cards
+    state = handler.conversations.open_state("far")
+    assert r.xlen("transcripts") == 1 and (state is None or state.segments == []), state
+
+    r.sadd(MemoryKeys.SESSIONS, "quiet")
+    blank = live.model_copy(update={"partial_id": "q-p1", "session": "quiet", "pending": ""})
+    nobody = live.model_copy(update={"partial_id": "q-p2", "session": "quiet"})
+    r.xadd("transcripts:partial", blank.to_fields())
+    r.xadd("transcripts:partial", nobody.to_fields())
+    run(r, memory_settings, handler)
+    assert not [c for c in cards(r) if c.recall_id.startswith("q-")], "no words, or nobody in view"
+    assert r.xlen("dlq") == 0
 
 
 def test_a_name_heard_after_the_faces_still_settles_the_conversation(

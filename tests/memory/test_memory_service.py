@@ -54,13 +54,7 @@ def run(  # type: ignore[no-untyped-def]
     r: redis.Redis, settings: MemorySettings, handler: MemoryHandler, scribe: Scribe | None = None
 ):
     """Memory until it is drained, then the scribe: the conversations memory ended are written."""
-    consumer = Consumer(
-        r,
-        settings,
-        "memory",
-        {FaceMessage: handler.on_face, TranscriptMessage: handler.on_transcript},
-        ticker=handler,
-    )
+    consumer = Consumer(r, settings, "memory", handler.handlers, ticker=handler)
     stats = consumer.run(burst=True)
     scribe_loop(r, settings, scribe or Scribe(r, settings)).run(burst=True)
     return stats
