@@ -31,7 +31,7 @@ from shared.schemas import (
     TranscriptMessage,
     dead_letter,
 )
-from shared.streams import Groups, done_key, stream_id
+from shared.streams import Groups, MemoryKeys, done_key, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,16 @@ def _event(stream: str, fields: dict[bytes, bytes], settings: OverlaySettings) -
     return "transcript", msg.model_dump(include={"segment_id", "session", "t_start", "t_end", "text"})
 
 
+async def _speaker(client: aredis.Redis, session: str, segment_id: str) -> str:
+    """``me`` or ``them`` when memory knows by voice who said the segment (the voice stage is
+    usually done before the transcriber), else ``""``."""
+    raw = await client.hget(MemoryKeys.speakers(session), segment_id)
+    try:
+        return str(json.loads(raw)["speaker"]) if raw else ""
+    except (ValueError, KeyError, TypeError):
+        return ""  # a mark it cannot read is no mark; the line still shows
+
+
 async def _dead_letter(
     commit: Committer,
     settings: OverlaySettings,
@@ -143,6 +153,8 @@ async def _follow(
                 event_id = ",".join(cursors.values())
                 try:
                     kind, data = _event(stream, fields, settings)
+                    if kind == "transcript":
+                        data["speaker"] = await _speaker(client, data["session"], data["segment_id"])
                 except BadMessageError as exc:
                     # Filed before any event of the batch goes out: a tab closed as soon as it
                     # has what it wanted must not skip the letter.

@@ -8,8 +8,11 @@ import httpx
 import redis
 from playwright.sync_api import Page
 
+from services.memory.conversations import Conversations
 from services.memory.person_store import PersonStore
+from services.memory.wearer import ME, THEM
 from shared.schemas import FaceMessage, PartialTranscriptMessage, RecallMessage, TranscriptMessage
+from shared.streams import MemoryKeys
 from tests.overlay.conftest import Overlay
 
 
@@ -184,6 +187,32 @@ def test_live_words_show_greyed_while_someone_speaks_and_the_transcript_replaces
         "I have been working on payments.",
         "Nice.",
     ], "one line per segment, the transcript in place of its live words"
+
+
+def test_the_wearers_own_lines_are_marked_by_voice(r: redis.Redis, overlay: Overlay, page: Page) -> None:
+    """Memory marks each segment me/them by voice; the ticker shows the wearer's own lines as
+    theirs, and a line no voice is known for (or whose mark is unreadable) plainly."""
+    page.goto(f"{overlay.url}/")
+    page.wait_for_selector("#status.live")
+    conversations = Conversations(r)
+    conversations.voice("s1", "s1", ME, 0.91)
+    conversations.voice("s1", "s2", THEM, 0.12)
+    r.hset(MemoryKeys.speakers("s1"), "s3", "not json")
+    publish(
+        r, said(1, "Hello, I am Alex."), said(2, "Hi Alex, I'm Sarah."), said(3, "Nice."), said(4, "Yes.")
+    )
+    page.wait_for_function("document.querySelectorAll('#ticker p').length === 3")
+    marks = page.evaluate("[...document.querySelectorAll('#ticker p')].map((p) => p.dataset.speaker)")
+    assert marks == [THEM, "", ""], "s1 scrolled off; s2 is theirs; s3 and s4 have no mark"
+    publish(r, said(5, "Me again."))
+    conversations.voice("s1", "s6", ME, 0.9)
+    publish(r, said(6, "And me."))
+    page.wait_for_function("document.querySelector('#ticker p:last-child').dataset.speaker === 'me'")
+    before = page.evaluate(
+        "getComputedStyle(document.querySelector('#ticker p:last-child'), '::before').content"
+    )
+    assert "you" in before, "the wearer's line says it is theirs"
+    assert r.xlen("dlq") == 0
 
 
 def test_the_people_page_lists_and_renames(
