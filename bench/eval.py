@@ -23,14 +23,17 @@ def main() -> None:
     for score in card.scores:
         print(
             f"{score.scene}: identity {score.identity} attribution {score.attribution}"
-            f" persons added {score.persons_added} s to card {score.s_to_card} {'; '.join(score.notes)}"
+            f" persons added {score.persons_added}"
+            f" s to card {score.s_to_card}{' (by voice, from their line)' if score.by_voice else ''}"
+            f" me/them {score.me_them[0]}/{score.me_them[1]} {'; '.join(score.notes)}"
         )
     f = card.figures()
     report(
         "eval", identity_accuracy=f["identity_accuracy"], attribution_accuracy=f["attribution_accuracy"],
         name_recall=f["name_recall"], company_recall=f["company_recall"], wer=f["wer"],
+        me_them_accuracy=f["me_them_accuracy"],
         crowd_persons_added=f["crowd_persons_added"], p50_s_to_card=f["p50_s_to_card"],
-        p95_s_to_card=f["p95_s_to_card"],
+        p95_s_to_card=f["p95_s_to_card"], max_s_to_voice_card=f["max_s_to_voice_card"],
     )  # fmt: skip
 
 

@@ -222,13 +222,14 @@ def eval_(
     card = evaluate(scenes, realtime, page=page, voice=voice)
     table = Table(title=f"scenes in {scenes}")
     table.add_column("scene", no_wrap=True)
-    for col in ("identity", "attribution", "name", "company", "facts", "WER", "persons added", "notes"):
+    cols = ("identity", "attribution", "name", "company", "facts", "WER", "me/them", "persons added", "notes")
+    for col in cols:
         table.add_column(col, overflow="fold")
     for x in card.scores:
         cells = [
             x.scene, _fmt(x.identity), _fmt(x.attribution), f"{x.names[0]}/{x.names[1]}",
             f"{x.companies[0]}/{x.companies[1]}", f"{x.facts[0]}/{x.facts[1]}",
-            _fmt(x.words[0] / x.words[1] if x.words[1] else None),
+            _fmt(x.words[0] / x.words[1] if x.words[1] else None), f"{x.me_them[0]}/{x.me_them[1]}",
             "" if x.persons_added is None else str(x.persons_added), "; ".join(x.notes),
         ]  # fmt: skip
         table.add_row(*cells)

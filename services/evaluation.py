@@ -34,10 +34,12 @@ from services.face.settings import FaceModelSettings
 from services.memory.grounding import said, words
 from services.memory.handler import MemoryHandler
 from services.memory.settings import EncounterSettings, MemorySettings
+from services.memory.wearer import ME, THEM
 from services.pagewatch import PageWatch, Shown
 from services.scribe.handler import Scribe
 from services.transcriber.context import SessionContext
 from services.transcriber.handler import TranscriberHandler
+from services.transcriber.live import LiveWords
 from services.transcriber.model import WhisperSpeechModel
 from services.transcriber.settings import WhisperSettings
 from services.voice.handler import VoiceHandler
@@ -50,12 +52,11 @@ from shared.schemas import (
     AudioSegmentMessage,
     ConversationMessage,
     EncounterMessage,
-    FaceMessage,
     FrameMessage,
+    PartialSegmentMessage,
     RecallMessage,
     StreamMessage,
     TranscriptMessage,
-    VoiceMessage,
 )
 from shared.settings import ConsumerSettings, ServiceSettings
 
@@ -97,6 +98,9 @@ class Expect(BaseModel):
     facts: list[str] = []
     crowd: bool = False
     """A crowd scene: count the persons it adds (the goal is at most one)."""
+    out_of_frame: bool = False
+    """The ``card`` person is heard, never seen: their time to card counts from the end of the
+    first line that is not the wearer's, as a figure of its own (not a face's time to card)."""
 
 
 class Scene(BaseModel):
@@ -123,7 +127,13 @@ class Score:
     words: tuple[int, int] = (0, 0)
     """(word errors, reference words)."""
     persons_added: int | None = None
+    me_them: tuple[int, int] = (0, 0)
+    """(lines marked right, lines marked): ``me`` for the wearer's lines, ``them`` for the others',
+    counted once the wearer is enrolled."""
     s_to_card: float | None = None
+    """From the scene's first frame to the right card; from the end of their first line when
+    they are ``out_of_frame`` (then ``by_voice``)."""
+    by_voice: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -186,6 +196,21 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return row[-1], len(ref)
 
 
+def me_them(lines: list[Line], marked: list[dict[str, str]]) -> tuple[int, int]:
+    """(right, marked) over the encounter's lines that carry a speaker: each is the scene line
+    with the most words in common with it, and is right when it is ``me`` exactly for the
+    wearer's lines."""
+    right = total = 0
+    for x in marked:
+        if x.get("speaker") not in (ME, THEM):
+            continue
+        heard = set(words(x.get("text", "")))
+        line = max(lines, key=lambda line: len(heard & set(words(line.text))))
+        total += 1
+        right += (x["speaker"] == ME) == line.wearer
+    return right, total
+
+
 class Evaluation:
     """Plays scenes through the stages and scores them."""
 
@@ -206,6 +231,8 @@ class Evaluation:
             WhisperSpeechModel(WhisperSettings()),
             SessionContext(client) if context else None,
         )
+        self.live = LiveWords(WhisperSettings(), self.whisper.model, self.whisper.hotwords)
+        self.whisper.transcribed = self.live.finish
         self.memory_settings = MemorySettings(
             redis_url=settings.redis_url, consumer=settings.consumer, wearer_name=WEARER,
             encounter=EncounterSettings(gap_s=GAP_S, tick_s=0.05),
@@ -214,15 +241,25 @@ class Evaluation:
         self.scribe = Scribe(client, self.memory_settings)
         self.vad = SileroVadModel()
         self.labels: dict[str, str] = {}
+        self.them_end_s: float | None = None
+        self.enrolled = False
+        self.audio_t0 = 0.0
+        """The capture time of the scene's first sample."""
         self.clock = time.time() - 30 * 86400.0  # scenes happen DAYS_APART apart; evaluate() sets the start
 
     def write(self, scene: Scene, folder: Path) -> tuple[Path, float]:
-        """The scene as replay files; returns the WAV and the time of speech it holds."""
+        """The scene as replay files; returns the WAV and the time of speech it holds. Keeps
+        where in the audio the first line not the wearer's ends (``them_end_s``)."""
         (folder / "frames").mkdir(parents=True, exist_ok=True)
         pause = np.zeros(int(0.8 * RATE), np.float32)
         parts = [pause]
+        self.them_end_s = None
         for line in scene.lines:
-            parts += [self._audio(line), pause]
+            start, said = sum(len(p) for p in parts), self._audio(line)
+            parts += [said, pause]
+            if not line.wearer and self.them_end_s is None:  # a recording's trailing silence is no speech
+                loud = np.flatnonzero(np.abs(said) > 0.05 * max(float(np.abs(said).max(initial=0)), 1e-6))
+                self.them_end_s = (start + (loud[-1] if len(loud) else len(said))) / RATE
         audio = np.concatenate(parts)
         seconds = len(audio) / RATE
         shots = [encode_jpeg(render(s, self.pack), quality=88) for s in scene.frames]
@@ -256,8 +293,10 @@ class Evaluation:
         capture.audio = capture.audio.model_copy(update={"realtime": self.realtime})
         runner = CaptureRunner(capture, Publisher(self.redis, capture, threading.Event()), self.vad)
         runner.handler.start_clock(self.clock if not self.realtime else time.time())
+        self.audio_t0 = runner.handler.t0
         if scene.enroll and self.voice is not None:
             self._enroll(scene.enroll)
+            self.enrolled = True
         self.clock += DAYS_APART * 86400.0
         with self._live_stages():
             runner.replay(wav)
@@ -284,9 +323,7 @@ class Evaluation:
         stop = threading.Event()
         consumers = [
             Consumer(self.redis, self.settings, "face", {FrameMessage: self.faces}, stop=stop),
-            Consumer(
-                self.redis, self.settings, "transcriber", {AudioSegmentMessage: self.whisper}, stop=stop
-            ),
+            Consumer(self.redis, self.settings, "transcriber", self._transcriber, stop=stop),
             Consumer(self.redis, self.memory_settings, "memory", self._memory, stop=stop, ticker=self.memory),
             self._scribe(stop),
         ]
@@ -310,7 +347,7 @@ class Evaluation:
         s, m = self.settings, self.memory_settings
         Consumer(self.redis, s, "face", {FrameMessage: self.faces}).run(burst=True)
         Consumer(self.redis, m, "memory", self._memory, ticker=self.memory).run(burst=True)
-        Consumer(self.redis, s, "transcriber", {AudioSegmentMessage: self.whisper}).run(burst=True)
+        Consumer(self.redis, s, "transcriber", self._transcriber).run(burst=True)
         if self.voice is not None:
             Consumer(self.redis, s, "voice", {AudioSegmentMessage: self.voice}).run(burst=True)
         Consumer(self.redis, m, "memory", self._memory, ticker=self.memory).run(burst=True)
@@ -324,11 +361,12 @@ class Evaluation:
 
     @property
     def _memory(self) -> dict[type[StreamMessage], Callable[..., list]]:
-        return {
-            FaceMessage: self.memory.on_face,
-            TranscriptMessage: self.memory.on_transcript,
-            VoiceMessage: self.memory.on_voice,
-        }
+        return dict(self.memory.handlers)
+
+    @property
+    def _transcriber(self) -> dict[type[StreamMessage], Callable[..., list]]:
+        """Segments, then live words, as ``python -m services.transcriber`` wires them."""
+        return {AudioSegmentMessage: self.whisper, PartialSegmentMessage: self.live}
 
     def _new(self, stream: str, since: int) -> list[dict[bytes, bytes]]:
         return [f for _, f in self.redis.xrange(stream)][since:]
@@ -344,6 +382,8 @@ class Evaluation:
         expect = scene.expect
         if expect.person is not None:
             out.attribution = self._attribution(expect.person, encounters, out)
+        if self.enrolled:
+            out.me_them = me_them(scene.lines, [x for e in encounters for x in e.lines])
         if expect.card is not None or expect.not_card:
             out.identity = self._identity(expect, cards, out)
         if expect.crowd:
@@ -361,7 +401,9 @@ class Evaluation:
         frames = [FrameMessage.from_fields(f) for f in self._new("frames", before["frames"])]
         right = [c for c in cards if self.labels.get(expect.card or "") == c.person]
         if self.realtime and frames and right:  # capture's clock is the wall clock the page uses
-            out.s_to_card = right[0].t - frames[0].t
+            out.by_voice = expect.out_of_frame
+            heard = self.audio_t0 + (self.them_end_s or 0.0) if out.by_voice else frames[0].t
+            out.s_to_card = right[0].t - heard
         return out
 
     def _shown(self, since_entry: int, started: float) -> list[Shown]:
@@ -432,7 +474,8 @@ class Scorecard:
             return a / b if b else float("nan")
 
         s = self.scores
-        delays = sorted(x.s_to_card for x in s if x.s_to_card is not None)
+        delays = sorted(x.s_to_card for x in s if x.s_to_card is not None and not x.by_voice)
+        by_voice = [x.s_to_card for x in s if x.s_to_card is not None and x.by_voice]
         return {
             "identity_accuracy": mean([x.identity for x in s]),
             "attribution_accuracy": mean([x.attribution for x in s]),
@@ -441,11 +484,13 @@ class Scorecard:
             "company_recall": ratio(sum(x.companies[0] for x in s), sum(x.companies[1] for x in s)),
             "fact_recall": ratio(sum(x.facts[0] for x in s), sum(x.facts[1] for x in s)),
             "wer": ratio(sum(x.words[0] for x in s), sum(x.words[1] for x in s)),
+            "me_them_accuracy": ratio(sum(x.me_them[0] for x in s), sum(x.me_them[1] for x in s)),
             "crowd_persons_added": max(
                 [x.persons_added for x in s if x.persons_added is not None], default=0
             ),
             "p50_s_to_card": float(np.percentile(delays, 50)) if delays else float("nan"),
             "p95_s_to_card": float(np.percentile(delays, 95)) if delays else float("nan"),
+            "max_s_to_voice_card": float(max(by_voice, default=float("nan"))),
         }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.evaluation import evaluate, word_errors
+from services.evaluation import Line, evaluate, me_them, word_errors
 
 SCENES = Path(__file__).parents[1] / "scenes"
 
@@ -14,6 +14,17 @@ SCENES = Path(__file__).parents[1] / "scenes"
 def test_word_errors() -> None:
     assert word_errors("Hi, I'm Sarah Chen.", "hi i'm sarah chen") == (0, 4)
     assert word_errors("Dana, great match today!", "They look great match today.") == (2, 4)
+
+
+def test_me_them_marks_are_scored_against_the_line_they_heard() -> None:
+    lines = [Line(text="Hello, I am Alex.", wearer=True), Line(text="Hi Alex, I'm Sarah Chen from Stripe.")]
+    marked = [
+        {"speaker": "me", "text": "Hello, I'm Alex."},
+        {"speaker": "me", "text": "Hi Alex. I'm Sarah Chen from Stripe."},  # her line, marked as the wearer's
+        {"speaker": "", "text": "I work on rate limits."},  # no voice known: not counted
+    ]
+    assert me_them(lines, marked) == (1, 2)
+    assert me_them(lines, [{**marked[1], "speaker": "them"}]) == (1, 1)
 
 
 def test_scenes_are_scored_and_a_wrong_expectation_fails(tmp_path: Path) -> None:
@@ -49,10 +60,11 @@ def test_voice_scenes_name_a_speaker_out_of_frame_only_with_the_voice_stage(tmp_
     """Real recorded voices: the card reader met face to face, then heard with no one in view.
     With the voice stage her card shows (by voice) and the conversation is hers; without it,
     neither."""
-    for name in ("11-meet-the-card-reader.yaml", "12-the-card-reader-out-of-frame.yaml"):
+    for name in ("13-meet-the-card-reader.yaml", "14-the-card-reader-out-of-frame.yaml"):
         shutil.copy(SCENES / name, tmp_path / name)
     met, heard = evaluate(tmp_path).scores
     assert (met.identity, met.attribution) == (1.0, 1.0), met.notes
+    assert met.me_them[1] >= 2 and met.me_them[0] == met.me_them[1], "the enrolled wearer's line is me"
     assert (heard.identity, heard.attribution) == (1.0, 1.0), heard.notes
     _, unheard = evaluate(tmp_path, voice=False).scores
     assert (unheard.identity, unheard.attribution) == (0.0, 0.0), unheard.notes
