@@ -133,16 +133,23 @@ def glimpse(image: np.ndarray) -> np.ndarray:
     return cv2.resize(cv2.resize(image, (72, 72)), (image.shape[1], image.shape[0]))
 
 
+def sarah_met_then_far_off(
+    r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
+) -> tuple[MemoryHandler, float, str, np.ndarray]:
+    """Sarah met (90 s ago, returned as ``t``), and her photo far off: handler, t, her id, the glimpse."""
+    handler = MemoryHandler(r, memory_settings)
+    t = time.time() - 90
+    astronaut = photo("astronaut")
+    sarah = meet(r, memory_settings, handler, face_pack, astronaut, "m1", "Hi, I'm Sarah Chen.", t)
+    return handler, t, sarah, glimpse(astronaut)
+
+
 def test_a_name_heard_settles_a_borderline_match(
     r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
 ) -> None:
     """Sarah far off is not recognised by her face alone; once the wearer says "Sarah", the same
     borderline face is hers: her card, and the conversation goes to her. Another name does not."""
-    handler = MemoryHandler(r, memory_settings)
-    t = time.time() - 90
-    astronaut = photo("astronaut")
-    sarah = meet(r, memory_settings, handler, face_pack, astronaut, "m1", "Hi, I'm Sarah Chen.", t)
-    far = glimpse(astronaut)
+    handler, t, sarah, far = sarah_met_then_far_off(r, memory_settings, face_pack)
     [face] = faces_of(face_pack, far, "x", "x", t)
     score = float((handler.store.views(sarah) @ face.vector()).max())  # type: ignore[operator]
     match = memory_settings.match
@@ -176,11 +183,7 @@ def test_live_words_settle_a_borderline_match_before_the_transcript(
 ) -> None:
     """ "Sarah! Over here" in the live words of a greeting still going on: the next frame of her
     borderline face is hers, with no transcript yet. Live words join no conversation."""
-    handler = MemoryHandler(r, memory_settings)
-    t = time.time() - 90
-    astronaut = photo("astronaut")
-    sarah = meet(r, memory_settings, handler, face_pack, astronaut, "m1", "Hi, I'm Sarah Chen.", t)
-    far = glimpse(astronaut)
+    handler, t, sarah, far = sarah_met_then_far_off(r, memory_settings, face_pack)
     r.sadd(MemoryKeys.SESSIONS, "far")
     show(r, faces_of(face_pack, far, "far", "far-f1", t + 40))
     run(r, memory_settings, handler)
@@ -213,11 +216,7 @@ def test_a_name_heard_after_the_faces_still_settles_the_conversation(
 ) -> None:
     """Every frame of Sarah far off came before her name was heard (a replay that runs faces first,
     or a glimpse): no card of hers then, but the conversation is hers, not a stranger's."""
-    handler = MemoryHandler(r, memory_settings)
-    t = time.time() - 90
-    astronaut = photo("astronaut")
-    sarah = meet(r, memory_settings, handler, face_pack, astronaut, "m1", "Hi, I'm Sarah Chen.", t)
-    far = glimpse(astronaut)
+    handler, _, sarah, far = sarah_met_then_far_off(r, memory_settings, face_pack)
     r.sadd(MemoryKeys.SESSIONS, "far")
     now = time.time()
     for i in (1, 2):
