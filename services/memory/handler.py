@@ -152,7 +152,10 @@ class MemoryHandler:
 
     def _card(self, session: str, t: float, recall_id: str, note: str = "") -> list[RecallMessage]:
         """The card for who is in view at ``t``, if it is news: another person than the one shown,
-        the same one back in view, a renewal while they stay, or ``note``."""
+        the same one back in view, a renewal while they stay, or ``note``. No stranger's card
+        while a face in view scores borderline against someone known: a wrong "first time you
+        meet" for a friend far off is worse than a moment with no card, and the name, a better
+        view or an introduction settles it."""
         view = self.settings.view
         ranked = rank(self.views.view(session), t, view.view_s, view.known_bonus)
         lines = self.views.heard_since(session, t - view.view_s)
@@ -163,6 +166,9 @@ class MemoryHandler:
         # the one whose voice is speaking is the one talked to, wherever their face is in the group
         top = next((s for s in ranked if s.pid == voiced[0]), None) if voiced else None
         top = top or subject(ranked, view.known_bonus, said, view.named_bonus)
+        if top is not None and not top.known and not note and self.views.maybes(session, t - view.view_s):
+            self._context(session, t, known)  # their name may be said: tell the transcriber
+            return []  # a face in view may be someone known: quiet, not "first time you meet"
         shown = self.views.shown(session)
         if top is None or (shown is not None and t < shown.t):
             return []  # nobody in view, or an older frame than the card's
