@@ -15,7 +15,8 @@ one's cards are made.
   from a partial, or the transcript when that comes first).
 - face -> card: from the capture time of the first frame capture sends of a conversation
   (held from just before the speech began) until the card of that person is on the page.
-- Per stage, from stream entry ids: VAD and capture (speech end, or frame time, to the entry),
+- Per stage, from stream entry ids: the VAD's wait (the ``min_silence_ms`` of silence it must
+  hear before it cuts), capture (the rest of speech end, or frame time, to the entry),
   transcriber or face, memory, and the overlay (entry to the page).
 """
 
@@ -185,7 +186,10 @@ def text_latency(client: redis.Redis, ends: list[float], lines: list[Line]) -> t
         (m := TranscriptMessage.from_fields(f)).segment_id: (t, m) for t, f in entries(client, "transcripts")
     }
     out: list[float] = []
-    split: Split = {"vad+capture": [], "transcriber": [], "overlay": []}
+    split: Split = {"vad wait": [], "capture": [], "transcriber": [], "overlay": []}
+    # the VAD cuts once it has heard min_silence_ms of silence after the speech: that much of
+    # the time is the audio itself, the rest is capture's work
+    wait = CaptureSettings().vad.min_silence_ms / 1000
     for line in lines:
         if line.partial or line.segment not in transcripts:
             continue
@@ -195,7 +199,8 @@ def text_latency(client: redis.Redis, ends: list[float], lines: list[Line]) -> t
             continue
         end = max(said)
         out.append(line.t - end)
-        split["vad+capture"].append(segments[line.segment] - end)
+        split["vad wait"].append(min(wait, segments[line.segment] - end))
+        split["capture"].append(segments[line.segment] - end - split["vad wait"][-1])
         split["transcriber"].append(written_at - segments[line.segment])
         split["overlay"].append(line.t - written_at)
     return out, split
