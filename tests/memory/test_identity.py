@@ -182,7 +182,8 @@ def test_live_words_settle_a_borderline_match_before_the_transcript(
     r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
 ) -> None:
     """ "Sarah! Over here" in the live words of a greeting still going on: the next frame of her
-    borderline face is hers, with no transcript yet. Live words join no conversation."""
+    borderline face is hers, with no transcript yet. Live words join no conversation; ones of a
+    session no capture announced, or from the future, go to dlq."""
     handler, t, sarah, far = sarah_met_then_far_off(r, memory_settings, face_pack)
     r.sadd(MemoryKeys.SESSIONS, "far")
     show(r, faces_of(face_pack, far, "far", "far-f1", t + 40))
@@ -209,6 +210,15 @@ def test_live_words_settle_a_borderline_match_before_the_transcript(
     run(r, memory_settings, handler)
     assert not [c for c in cards(r) if c.recall_id.startswith("q-")], "no words, or nobody in view"
     assert r.xlen("dlq") == 0
+    stray = live.model_copy(update={"partial_id": "x-p1", "session": "never-announced"})
+    late = live.model_copy(update={"partial_id": "x-p2", "t_end": time.time() + 3600})
+    r.xadd("transcripts:partial", stray.to_fields())
+    r.xadd("transcripts:partial", late.to_fields())
+    run(r, memory_settings, handler)
+    letters = [f[b"error"].decode() for _, f in r.xrange("dlq")]
+    assert len(letters) == 2 and "unknown session" in letters[0] and "not a capture time" in letters[1], (
+        letters
+    )
 
 
 def test_a_name_heard_after_the_faces_still_settles_the_conversation(
