@@ -241,25 +241,22 @@ class Evaluation:
         self.scribe = Scribe(client, self.memory_settings)
         self.vad = SileroVadModel()
         self.labels: dict[str, str] = {}
-        self.them_end_s: float | None = None
         self.enrolled = False
-        self.audio_t0 = 0.0
-        """The capture time of the scene's first sample."""
         self.clock = time.time() - 30 * 86400.0  # scenes happen DAYS_APART apart; evaluate() sets the start
 
-    def write(self, scene: Scene, folder: Path) -> tuple[Path, float]:
-        """The scene as replay files; returns the WAV and the time of speech it holds. Keeps
-        where in the audio the first line not the wearer's ends (``them_end_s``)."""
+    def write(self, scene: Scene, folder: Path) -> tuple[Path, float | None]:
+        """The scene as replay files; returns the WAV and where in it the first line that is not
+        the wearer's ends (seconds; ``None`` when every line is the wearer's)."""
         (folder / "frames").mkdir(parents=True, exist_ok=True)
         pause = np.zeros(int(0.8 * RATE), np.float32)
         parts = [pause]
-        self.them_end_s = None
+        them_end_s = None
         for line in scene.lines:
             start, said = sum(len(p) for p in parts), self._audio(line)
             parts += [said, pause]
-            if not line.wearer and self.them_end_s is None:  # a recording's trailing silence is no speech
+            if not line.wearer and them_end_s is None:  # a recording's trailing silence is no speech
                 loud = np.flatnonzero(np.abs(said) > 0.05 * max(float(np.abs(said).max(initial=0)), 1e-6))
-                self.them_end_s = (start + (loud[-1] if len(loud) else len(said))) / RATE
+                them_end_s = (start + (loud[-1] if len(loud) else len(said))) / RATE
         audio = np.concatenate(parts)
         seconds = len(audio) / RATE
         shots = [encode_jpeg(render(s, self.pack), quality=88) for s in scene.frames]
@@ -272,7 +269,7 @@ class Evaluation:
             out.setsampwidth(2)
             out.setframerate(RATE)
             out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-        return folder / "audio.wav", seconds
+        return folder / "audio.wav", them_end_s
 
     @staticmethod
     def _audio(line: Line) -> np.ndarray:
@@ -284,7 +281,7 @@ class Evaluation:
 
     def play(self, scene: Scene, index: int) -> Score:
         """Replay one scene through every stage and score what came out."""
-        wav, _ = self.write(scene, self.root / f"{index:02d}-{scene.name}")
+        wav, them_end_s = self.write(scene, self.root / f"{index:02d}-{scene.name}")
         before = {s: self.redis.xlen(s) for s in ("recalls", "encounters", "transcripts", "frames")}
         started = time.time()
         persons = {p.id for p in self.memory.admin.list()}
@@ -293,7 +290,7 @@ class Evaluation:
         capture.audio = capture.audio.model_copy(update={"realtime": self.realtime})
         runner = CaptureRunner(capture, Publisher(self.redis, capture, threading.Event()), self.vad)
         runner.handler.start_clock(self.clock if not self.realtime else time.time())
-        self.audio_t0 = runner.handler.t0
+        them_said = runner.handler.t0 + them_end_s if them_end_s is not None else None
         if scene.enroll and self.voice is not None:
             self._enroll(scene.enroll)
             self.enrolled = True
@@ -303,7 +300,7 @@ class Evaluation:
         self._run_stages()
         time.sleep(GAP_S + 0.2)  # the scene's conversation goes quiet
         self._run_stages()
-        return self.score(scene, before, persons, started)
+        return self.score(scene, before, persons, started, them_said)
 
     def _enroll(self, recordings: list[str]) -> None:
         """``convo wearer enroll`` for the scene's wearer."""
@@ -324,7 +321,14 @@ class Evaluation:
         consumers = [
             Consumer(self.redis, self.settings, "face", {FrameMessage: self.faces}, stop=stop),
             Consumer(self.redis, self.settings, "transcriber", self._transcriber, stop=stop),
-            Consumer(self.redis, self.memory_settings, "memory", self._memory, stop=stop, ticker=self.memory),
+            Consumer(
+                self.redis,
+                self.memory_settings,
+                "memory",
+                self.memory.handlers,
+                stop=stop,
+                ticker=self.memory,
+            ),
             self._scribe(stop),
         ]
         if self.voice is not None:
@@ -346,11 +350,11 @@ class Evaluation:
         while a segment is transcribed only after its speech ends."""
         s, m = self.settings, self.memory_settings
         Consumer(self.redis, s, "face", {FrameMessage: self.faces}).run(burst=True)
-        Consumer(self.redis, m, "memory", self._memory, ticker=self.memory).run(burst=True)
+        Consumer(self.redis, m, "memory", self.memory.handlers, ticker=self.memory).run(burst=True)
         Consumer(self.redis, s, "transcriber", self._transcriber).run(burst=True)
         if self.voice is not None:
             Consumer(self.redis, s, "voice", {AudioSegmentMessage: self.voice}).run(burst=True)
-        Consumer(self.redis, m, "memory", self._memory, ticker=self.memory).run(burst=True)
+        Consumer(self.redis, m, "memory", self.memory.handlers, ticker=self.memory).run(burst=True)
         self._scribe().run(burst=True)
 
     def _scribe(self, stop: threading.Event | None = None) -> Consumer:
@@ -360,10 +364,6 @@ class Evaluation:
         )  # fmt: skip
 
     @property
-    def _memory(self) -> dict[type[StreamMessage], Callable[..., list]]:
-        return dict(self.memory.handlers)
-
-    @property
     def _transcriber(self) -> dict[type[StreamMessage], Callable[..., list]]:
         """Segments, then live words, as ``python -m services.transcriber`` wires them."""
         return {AudioSegmentMessage: self.whisper, PartialSegmentMessage: self.live}
@@ -371,7 +371,11 @@ class Evaluation:
     def _new(self, stream: str, since: int) -> list[dict[bytes, bytes]]:
         return [f for _, f in self.redis.xrange(stream)][since:]
 
-    def score(self, scene: Scene, before: dict[str, int], persons: set[str], started: float) -> Score:
+    def score(
+        self, scene: Scene, before: dict[str, int], persons: set[str], started: float,
+        them_said: float | None = None,
+    ) -> Score:  # fmt: skip
+        """``them_said``: the capture time at which the first line not the wearer's ended."""
         out = Score(scene.name)
         cards = self._shown(before["recalls"], started)
         encounters = [EncounterMessage.from_fields(f) for f in self._new("encounters", before["encounters"])]
@@ -402,7 +406,7 @@ class Evaluation:
         right = [c for c in cards if self.labels.get(expect.card or "") == c.person]
         if self.realtime and frames and right:  # capture's clock is the wall clock the page uses
             out.by_voice = expect.out_of_frame
-            heard = self.audio_t0 + (self.them_end_s or 0.0) if out.by_voice else frames[0].t
+            heard = them_said if out.by_voice and them_said is not None else frames[0].t
             out.s_to_card = right[0].t - heard
         return out
 

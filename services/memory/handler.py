@@ -1,5 +1,6 @@
 """Faces, transcripts and voices in; recall cards and ended conversations out."""
 
+import contextlib
 import logging
 import math
 import time
@@ -132,7 +133,7 @@ class MemoryHandler:
                 lines = self.views.heard_since(session, t - self.settings.view.view_s)
             known, _ = self.store.repo.standing(pid)
             if known:
-                self.views.maybe(session, [pid], t)
+                self.views.maybe(session, pid, t)
             return bool(lines) and named(self.store.profile(pid).name, lines)
 
         return said
@@ -166,8 +167,9 @@ class MemoryHandler:
         # the one whose voice is speaking is the one talked to, wherever their face is in the group
         top = next((s for s in ranked if s.pid == voiced[0]), None) if voiced else None
         top = top or subject(ranked, view.known_bonus, said, view.named_bonus)
-        if top is not None and not top.known and not note and self.views.maybes(session, t - view.view_s):
-            self._context(session, t, known)  # their name may be said: tell the transcriber
+        maybe = self.views.maybes(session, t - view.view_s)
+        if top is not None and not top.known and not note and maybe:
+            self._context(session, known, maybe)  # their name may be said: tell the transcriber
             return []  # a face in view may be someone known: quiet, not "first time you meet"
         shown = self.views.shown(session)
         if top is None or (shown is not None and t < shown.t):
@@ -176,7 +178,7 @@ class MemoryHandler:
             return []
         person = known.get(top.pid) or self.store.profile(top.pid)
         card = self.store.recall(top.pid, now=t, person=person)
-        self._context(session, t, known)
+        self._context(session, known, maybe)
         others = [p.name for pid, p in known.items() if pid != top.pid]
         strangers = sum(1 for s in ranked if not s.known and s.pid != top.pid)
         self.views.show(session, top.pid, t, 10 * view.view_s)
@@ -193,12 +195,15 @@ class MemoryHandler:
         """The profiles of the known people in view, in rank order (read once per decision)."""
         return {s.pid: self.store.profile(s.pid) for s in ranked if s.known}
 
-    def _context(self, session: str, t: float, known: dict[str, Person]) -> None:
+    def _context(self, session: str, known: dict[str, Person], maybe: list[str]) -> None:
         """Tell the transcriber whom the speech is likely about: the known people in view, then
-        those a borderline face in view might be."""
-        maybe = [p for p in self.views.maybes(session, t - self.settings.view.view_s) if p not in known]
+        those a borderline face in view might be (``maybe``; one forgotten since is skipped)."""
+        people = dict(known)
+        for pid in maybe:
+            with contextlib.suppress(KeyError):
+                people.setdefault(pid, self.store.profile(pid))
         words: list[str] = []
-        for pid, p in [*known.items(), *((m, self.store.profile(m)) for m in maybe)]:
+        for pid, p in people.items():
             last = self.store.repo.last_encounter(pid)
             words += [*p.name.split(), p.company, *(last.topics[:2] if last else [])]
         self.views.set_context(session, [w for w in words if w], 10 * self.settings.view.view_s)

@@ -183,10 +183,9 @@ class Views:
         """The known persons heard since ``since``, with when they were last heard."""
         return self._since(MemoryKeys.voiced(session), since)
 
-    def maybe(self, session: str, pids: Collection[str], t: float) -> None:
-        """A face in view at ``t`` scored borderline against these known persons."""
-        if pids:
-            self._mark(MemoryKeys.maybe(session), pids, t)
+    def maybe(self, session: str, pid: str, t: float) -> None:
+        """A face in view at ``t`` scored borderline against this known person."""
+        self._mark(MemoryKeys.maybe(session), [pid], t)
 
     def maybes(self, session: str, since: float) -> list[str]:
         return sorted(self._since(MemoryKeys.maybe(session), since))
@@ -215,7 +214,7 @@ class Views:
 
     def forget(self, pid: str) -> None:
         """Remove a person from every session's view, and the card that shows them."""
-        for pattern in (MemoryKeys.view("*"), MemoryKeys.voiced("*")):
+        for pattern in (MemoryKeys.view("*"), MemoryKeys.voiced("*"), MemoryKeys.maybe("*")):
             for key in self.redis.scan_iter(pattern):
                 self.redis.hdel(key, pid)
         for key in self.redis.scan_iter(MemoryKeys.card("*")):  # what was heard holds no person id
