@@ -14,6 +14,7 @@ script instead checks every write and ack against the caller's ACL before it mak
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgpack
 import redis
 
 Entry = tuple[str, int, Mapping[str, bytes | str]]
@@ -26,69 +27,51 @@ Acks = Sequence[tuple[str, str, Sequence[bytes | str]]]
 REFUSED = "COMMIT_REFUSED"
 """The start of the error the script answers when the caller may not do all of it."""
 
-# ARGV: ttl, n; per item: done key, n outputs; per output: stream, maxlen, n fields, the
-# field names and values. Then n acks; per ack: stream, group, n ids, the ids.
+# ARGV[1] is one MessagePack array: {ttl, items, acks}. An item is {done key, outputs}, an
+# output {stream, maxlen, {field, value, ...}}, an ack {stream, group, {id, ...}}. One packed
+# argument instead of hundreds: packing, sending and parsing them cost more than the writes
+# (bench/bus.py). The old MessagePack format (use_bin_type=False) is the one Redis's cmsgpack
+# reads; Lua strings do not tell text from bytes anyway.
 # Returns 1 per item whose outputs it wrote, 0 per duplicate.
 COMMIT_SCRIPT = """
-local ttl, pos, items, acks = ARGV[1], 3, {}, {}
-for m = 1, tonumber(ARGV[2]) do
-  local item = {key = ARGV[pos], outs = {}}
-  local n_out = tonumber(ARGV[pos + 1])
-  pos = pos + 2
-  for o = 1, n_out do
-    local n = tonumber(ARGV[pos + 2])
-    local cmd = {'XADD', ARGV[pos], 'MAXLEN', '~', ARGV[pos + 1], '*'}
-    for f = pos + 3, pos + 2 + 2 * n do cmd[#cmd + 1] = ARGV[f] end
-    item.outs[o] = cmd
-    pos = pos + 3 + 2 * n
-  end
-  items[m] = item
-end
-local n_acks = tonumber(ARGV[pos])
-pos = pos + 1
-for a = 1, n_acks do
-  local n = tonumber(ARGV[pos + 2])
-  local cmd = {'XACK', ARGV[pos], ARGV[pos + 1]}
-  for i = pos + 3, pos + 2 + n do cmd[#cmd + 1] = ARGV[i] end
-  acks[a] = cmd
-  pos = pos + 3 + n
-end
-local function check(cmd)
-  if not redis.acl_check_cmd(unpack(cmd)) then
+local work = cmsgpack.unpack(ARGV[1])
+local ttl, items, acks = work[1], work[2], work[3]
+local function check(...)
+  if not redis.acl_check_cmd(...) then
+    local cmd = {...}
     error({err = 'COMMIT_REFUSED ' .. cmd[1] .. ' ' .. cmd[2] .. ': no permission'})
   end
 end
 for _, item in ipairs(items) do
-  if item.key ~= '' then check({'SET', item.key, '1', 'NX', 'EX', ttl}) end
-  for _, cmd in ipairs(item.outs) do check(cmd) end
+  if item[1] ~= '' then check('SET', item[1], '1', 'NX', 'EX', ttl) end
+  for _, out in ipairs(item[2]) do check('XADD', out[1], 'MAXLEN', '~', out[2], '*', unpack(out[3])) end
 end
-for _, cmd in ipairs(acks) do check(cmd) end
+for _, ack in ipairs(acks) do check('XACK', ack[1], ack[2], unpack(ack[3])) end
 local written = {}
 for m, item in ipairs(items) do
-  local fresh = item.key == '' or redis.call('SET', item.key, '1', 'NX', 'EX', ttl)
+  local fresh = item[1] == '' or redis.call('SET', item[1], '1', 'NX', 'EX', ttl)
   if fresh then
-    for _, cmd in ipairs(item.outs) do redis.call(unpack(cmd)) end
+    for _, out in ipairs(item[2]) do
+      redis.call('XADD', out[1], 'MAXLEN', '~', out[2], '*', unpack(out[3]))
+    end
   end
   written[m] = fresh and 1 or 0
 end
-for _, cmd in ipairs(acks) do redis.call(unpack(cmd)) end
+for _, ack in ipairs(acks) do redis.call('XACK', ack[1], ack[2], unpack(ack[3])) end
 return written
 """
 
 
-def commit_args(ttl_s: int, work: Work, acks: Acks = ()) -> list[bytes | str | int]:
-    """Arguments of ``COMMIT_SCRIPT``."""
-    args: list[bytes | str | int] = [ttl_s, len(work)]
-    for key, entries in work:
-        args += [key, len(entries)]
-        for stream, cap, fields in entries:
-            args += [stream, cap, len(fields)]
-            for name, value in fields.items():
-                args += [name, value]
-    args.append(len(acks))
-    for stream, group, ids in acks:
-        args += [stream, group, len(ids), *ids]
-    return args
+def commit_payload(ttl_s: int, work: Work, acks: Acks = ()) -> bytes:
+    """The one argument of ``COMMIT_SCRIPT``."""
+    items = [
+        [
+            key,
+            [[stream, cap, [x for pair in fields.items() for x in pair]] for stream, cap, fields in entries],
+        ]
+        for key, entries in work
+    ]
+    return msgpack.packb([ttl_s, items, [[s, g, list(ids)] for s, g, ids in acks]], use_bin_type=False)
 
 
 def refused(exc: redis.ResponseError) -> bool:
@@ -106,4 +89,4 @@ class Committer:
 
     def __call__(self, work: Work, acks: Acks = ()) -> Any:
         """1 per done key whose entries it wrote, 0 per duplicate (a coroutine on an asyncio client)."""
-        return self.script(args=commit_args(self.ttl_s, work, acks))
+        return self.script(args=[commit_payload(self.ttl_s, work, acks)])
