@@ -101,32 +101,37 @@ class WhisperSpeechModel:
         self.load()
         return self._predict(audio, hotwords)
 
-    def _predict(
-        self, audio: np.ndarray, hotwords: str | None = None, beam_size: int | None = None
-    ) -> Transcription:
+    def _predict(self, audio: np.ndarray, hotwords: str | None = None, live: bool = False) -> Transcription:
         """Hotwords help a name through and can derail the rest: with "Sarah Chen Stripe", tiny.en
         hears "Is this your first time at the climbing gym?" as "...at McLide Engine", less
         surely (0.47 against 0.55), and it sometimes writes the hotwords themselves as the text.
-        An unsure or echoing decode with hotwords is decoded again without, and the surer kept."""
-        out = self._decode(audio, hotwords, beam_size)
+        An unsure or echoing decode with hotwords is decoded again without, and the surer kept.
+        A ``live`` decode (words while speech goes on) is greedy, at one temperature, and decoded
+        again only when it echoes: the segment's transcript replaces it within seconds, and a
+        second decode would delay the next live words."""
+        out = self._decode(audio, hotwords, live)
         if not hotwords:
             return out
         echo = echoes(out.text, hotwords)
-        if not echo and out.confidence >= self.settings.hotwords_sure:
+        if not echo and (live or out.confidence >= self.settings.hotwords_sure):
             return out
-        plain = self._decode(audio, None, beam_size)
+        plain = self._decode(audio, None, live)
         return plain if echo or plain.confidence >= out.confidence else out
 
     def quick(self, audio: np.ndarray, hotwords: str | None = None) -> Transcription:
-        """A cheap decode (greedy) for live words while speech goes on; hotwords as in
-        :meth:`predict`, since a name in live words is evidence memory acts on."""
+        """A cheap decode for live words while speech goes on (see :meth:`_predict`); with the
+        hotwords, since a name in live words is evidence memory acts on."""
         self.load()
-        return self._predict(audio, hotwords, 1)
+        return self._predict(audio, hotwords, live=True)
 
-    def _decode(self, audio: np.ndarray, hotwords: str | None, beam_size: int | None = None) -> Transcription:
+    def _decode(self, audio: np.ndarray, hotwords: str | None, live: bool = False) -> Transcription:
+        # An unsure decode is tried again at each next temperature: up to six decodes, seconds on
+        # a CPU. Live words cannot wait for that; a final segment can.
+        temperatures = self.settings.temperatures[:1] if live else self.settings.temperatures
         segments, info = self.model.transcribe(  # type: ignore[attr-defined]
-            audio, beam_size=beam_size or self.settings.beam_size, language=self.settings.language,
+            audio, beam_size=1 if live else self.settings.beam_size, language=self.settings.language,
             condition_on_previous_text=False, vad_filter=False, hotwords=hotwords or None,
+            temperature=temperatures,
         )  # fmt: skip
         parts = list(segments)  # the generator does the decoding: materialise it here, in the worker
         return Transcription(
@@ -152,6 +157,7 @@ class WhisperSpeechModel:
         segments, info = self.batched.transcribe(  # type: ignore[attr-defined]
             np.concatenate(audios), clip_timestamps=clips, batch_size=self.settings.batch_size,
             beam_size=self.settings.beam_size, language=self.settings.language, without_timestamps=True,
+            temperature=self.settings.temperatures,
         )  # fmt: skip
         texts: list[list[str]] = [[] for _ in audios]
         logprobs: list[list[float]] = [[] for _ in audios]

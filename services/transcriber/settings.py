@@ -23,7 +23,11 @@ class WhisperSettings(SettingsGroup):
     compute_type: str = "auto"
     """CTranslate2 compute type; ``auto`` is float16 on CUDA and int8 on CPU."""
     beam_size: int = Field(5, ge=1, le=10)
-    """Beam width of the decoder."""
+    """Beam width of the decoder (live words are decoded greedily)."""
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1)
+    """Decoding temperatures of a segment: the next is tried while a decode is unsure or repeats
+    itself (faster-whisper's fallback). Live words use the first only: the fallback can take
+    seconds on a CPU, and the segment's transcript replaces them anyway."""
     language: str | None = None
     """Force a language code; ``None`` detects it (English-only models always say ``en``)."""
     batched: bool | None = None

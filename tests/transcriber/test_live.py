@@ -104,3 +104,32 @@ def test_partials_are_written_after_the_segments_and_never_as_transcripts(
     written = r.xrange("transcripts:partial")
     assert written and all(PartialTranscriptMessage.from_fields(f).segment_id == "seg-1" for _, f in written)
     assert final_id < written[0][0], "the segment was written first"
+
+
+def test_live_words_are_one_greedy_decode_at_one_temperature(whisper: WhisperSpeechModel) -> None:
+    """A second of an unsure greeting: a segment's decode falls back through the temperatures
+    (seconds on a CPU), live words may not. The hotwords still bring the name through."""
+    from services.capture.demo import speak
+
+    greeting = speak("en-us+m3", "Sarah! Over here, good to see you again.")
+    start = int(np.flatnonzero(np.abs(greeting) > 0.02)[0])
+    second = greeting[start : start + RATE]
+    decodes: list[tuple[int, list[float]]] = []
+    transcribe = whisper.model.transcribe
+
+    def counted(audio: np.ndarray, **options: object) -> tuple[object, object]:
+        segments, info = transcribe(audio, **options)
+        parts = list(segments)
+        decodes.append((options["beam_size"], [p.temperature for p in parts]))  # type: ignore[misc]
+        return iter(parts), info
+
+    whisper.model.transcribe = counted  # type: ignore[method-assign]
+    try:
+        final = whisper.predict(second, "Sarah, Chen, Stripe")
+        assert any(t > 0 for _, temps in decodes for t in temps), f"the segment's decode fell back: {decodes}"
+        decodes.clear()
+        live = whisper.quick(second, "Sarah, Chen, Stripe")
+    finally:
+        whisper.model.transcribe = transcribe  # type: ignore[method-assign]
+    assert decodes == [(1, [0.0] * len(decodes[0][1]))], decodes
+    assert "Sarah" in live.text, (live.text, final.text)
