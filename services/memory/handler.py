@@ -102,9 +102,9 @@ class MemoryHandler:
         vector = msg.vector()
         self._known_session(msg.session)
         self._check_time(f"face {msg.face_id}", msg.t)
+        said, maybe = self._named_just_now(msg.session, msg.t)
         result = self.store.identify(
-            vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t, face_id=msg.face_id,
-            named=self._named_just_now(msg.session, msg.t),
+            vector, frame_id=msg.frame_id, thumb=msg.thumb, t=msg.t, face_id=msg.face_id, named=said,
         )  # fmt: skip
         MATCHES.labels(result.outcome).inc()
         log.info(
@@ -114,18 +114,22 @@ class MemoryHandler:
             result.outcome,
             result.score,
         )
+        if maybe:
+            self.views.maybe(msg.session, maybe, msg.t, result.person_id or "")
         if result.person_id is not None:
             self._sighting(msg, result.person_id, result.score)
         if not self.views.frame_done(msg.frame_id, msg.face_id, msg.faces_in_frame):
             return []  # the card is decided once every face of the frame is in
         return self._card(msg.session, msg.t, msg.face_id)
 
-    def _named_just_now(self, session: str, t: float) -> Callable[[str], bool]:
+    def _named_just_now(self, session: str, t: float) -> tuple[Callable[[str], bool], list[str]]:
         """Whether a person's first name was said in the session in the last ``view_s`` (read only
-        for a borderline face, so a confident match costs nothing). The known persons asked about
-        are kept as *maybe* in view: their names go to the transcriber's context, since the
-        wearer may be about to say one."""
+        for a borderline face, so a confident match costs nothing); and the known persons asked
+        about, filled in as the face is matched: they are *maybe* in view. Their names go to the
+        transcriber's context, since the wearer may be about to say one, and when one is said the
+        face is theirs (:meth:`_settle_named`)."""
         lines: list[str] | None = None
+        maybe: list[str] = []
 
         def said(pid: str) -> bool:
             nonlocal lines
@@ -133,10 +137,10 @@ class MemoryHandler:
                 lines = self.views.heard_since(session, t - self.settings.view.view_s)
             known, _ = self.store.repo.standing(pid)
             if known:
-                self.views.maybe(session, pid, t)
+                maybe.append(pid)
             return bool(lines) and named(self.store.profile(pid).name, lines)
 
-        return said
+        return said, maybe
 
     def _sighting(self, msg: FaceMessage, pid: str, score: float) -> None:
         """Evidence that ``pid`` is in view, for the card and for who the conversation is with."""
@@ -167,7 +171,7 @@ class MemoryHandler:
         # the one whose voice is speaking is the one talked to, wherever their face is in the group
         top = next((s for s in ranked if s.pid == voiced[0]), None) if voiced else None
         top = top or subject(ranked, view.known_bonus, said, view.named_bonus)
-        maybe = self.views.maybes(session, t - view.view_s)
+        maybe = list(self.views.maybes(session, t - view.view_s))
         if top is not None and not top.known and not note and maybe:
             self._context(session, known, maybe)  # their name may be said: tell the transcriber
             return []  # a face in view may be someone known: quiet, not "first time you meet"
@@ -281,9 +285,32 @@ class MemoryHandler:
         ranked = rank(self.views.view(session), t, view.view_s, view.known_bonus)
         if not ranked:
             return [], None  # a name said with nobody in view makes no card
-        if any(named(p.name, [text]) for p in self._known_in_view(ranked).values()):
+        settled = self._settle_named(session, t, text, ranked)
+        if settled or any(named(p.name, [text]) for p in self._known_in_view(ranked).values()):
             return ranked, self._card(session, self._now(session, t), recall_id)
         return ranked, None
+
+    def _settle_named(self, session: str, t: float, text: str, ranked: list[Sighting]) -> bool:
+        """A known person that a borderline face in view may be, named aloud just now: the face is
+        theirs from this moment, not from its next frame (which may never come: frames go only
+        while someone speaks). The face's evidence is theirs too, for the card and the conversation."""
+        view = self.settings.view
+        faces = {s.pid: s for s in ranked if not s.known}
+        settled = False
+        for pid, face_pid in self.views.maybes(session, t - view.view_s).items():
+            face = faces.get(face_pid)
+            if face is None:
+                continue  # gone from view, or given to someone known
+            try:
+                name = self.store.profile(pid).name
+            except KeyError:
+                continue  # forgotten meanwhile
+            if named(name, [text]):
+                self.views.see(session, pid, face.t, face.evidence, True, view.view_s, face.score)
+                self.conversations.seen(session, pid, face.evidence * view.known_bonus, face.t)
+                log.info("person=%s outcome=named face_person=%s", pid, face_pid)
+                settled = True
+        return settled
 
     def _now(self, session: str, t: float) -> float:
         shown = self.views.shown(session)

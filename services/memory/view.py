@@ -183,12 +183,20 @@ class Views:
         """The known persons heard since ``since``, with when they were last heard."""
         return self._since(MemoryKeys.voiced(session), since)
 
-    def maybe(self, session: str, pid: str, t: float) -> None:
-        """A face in view at ``t`` scored borderline against this known person."""
-        self._mark(MemoryKeys.maybe(session), [pid], t)
+    def maybe(self, session: str, pids: Collection[str], t: float, face: str) -> None:
+        """A face in view at ``t`` scored borderline against these known persons; ``face`` is the
+        person it was given meanwhile (a stranger, most often), or ``""``."""
+        mark = json.dumps({"t": t, "face": face})
+        with self.redis.pipeline() as pipe:
+            pipe.hset(MemoryKeys.maybe(session), mapping=dict.fromkeys(pids, mark))
+            pipe.expire(MemoryKeys.maybe(session), 3600)
+            pipe.execute()
 
-    def maybes(self, session: str, since: float) -> list[str]:
-        return sorted(self._since(MemoryKeys.maybe(session), since))
+    def maybes(self, session: str, since: float) -> dict[str, str]:
+        """The known persons a face in view since ``since`` may be, each with the person that face
+        was given."""
+        marks = {text(p): json.loads(m) for p, m in self.redis.hgetall(MemoryKeys.maybe(session)).items()}
+        return {p: m["face"] for p, m in sorted(marks.items()) if m["t"] >= since}
 
     def _mark(self, key: str, pids: Collection[str], t: float) -> None:
         with self.redis.pipeline() as pipe:

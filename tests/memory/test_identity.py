@@ -181,9 +181,10 @@ def test_a_name_heard_settles_a_borderline_match(
 def test_live_words_settle_a_borderline_match_before_the_transcript(
     r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
 ) -> None:
-    """ "Sarah! Over here" in the live words of a greeting still going on: the next frame of her
-    borderline face is hers, with no transcript yet. Live words join no conversation; ones of a
-    session no capture announced, or from the future, go to dlq."""
+    """ "Sarah! Over here" in the live words of a greeting still going on: her borderline face is
+    hers at once, her card comes with the words (no frame since, no transcript yet), and so are
+    its next frames. Live words join no conversation; ones of a session no capture announced, or
+    from the future, go to dlq."""
     handler, t, sarah, far = sarah_met_then_far_off(r, memory_settings, face_pack)
     r.sadd(MemoryKeys.SESSIONS, "far")
     show(r, faces_of(face_pack, far, "far", "far-f1", t + 40))
@@ -195,7 +196,9 @@ def test_live_words_settle_a_borderline_match_before_the_transcript(
     )  # fmt: skip
     r.xadd("transcripts:partial", live.to_fields())
     run(r, memory_settings, handler)
-    show(r, faces_of(face_pack, far, "far", "far-f2", t + 42.5))
+    far_cards = [c for c in cards(r) if c.recall_id.startswith("far")]
+    assert [(c.person_id, c.recall_id) for c in far_cards] == [(sarah, "far-a1-p1")], far_cards
+    show(r, faces_of(face_pack, far, "far", "far-f2", t + 45.5))
     run(r, memory_settings, handler)
     far_cards = [c for c in cards(r) if c.recall_id.startswith("far")]
     assert far_cards[-1].person_id == sarah and far_cards[-1].recall_id == "far-f2:0", far_cards
