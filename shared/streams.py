@@ -207,8 +207,9 @@ class MemoryKeys:
 
     @staticmethod
     def maybe(session: str) -> str:
-        """HASH person -> when a face in the session's view last scored borderline against them
-        (within ``named_slack`` of the threshold): their name may well be said."""
+        """HASH person -> JSON ``{t, face}``: when a face in the session's view last scored
+        borderline against them (within ``named_slack`` of the threshold), and the person that
+        face was given meanwhile (``""`` if none). Their name may well be said."""
         return f"{KEY_PREFIX}:session:{session}:maybe"
 
     @staticmethod

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import redis
 
-from services.face.handler import FaceHandler
+from services.face.handler import FaceHandler, iou
 from shared.consumer import Consumer
 from shared.images import decode_jpeg
 from shared.schemas import FaceMessage, FrameMessage
@@ -136,3 +136,49 @@ def test_one_frame_at_a_time_and_in_a_batch_agree(face_handler: FaceHandler) -> 
         assert isinstance(b, list)
         for fb, fs in zip(b, s, strict=True):
             assert fb.face_id == fs.face_id and float(fb.vector() @ fs.vector()) > 0.999
+
+
+def in_the_same_place(face_handler: FaceHandler, image: np.ndarray) -> np.ndarray:
+    """The first face of ``image``, with a margin, at a fixed place and size on a grey frame."""
+    boxes, _ = face_handler.detector.predict(image)
+    x1, y1, x2, y2 = boxes[0][:4].astype(int)
+    pad = (x2 - x1) // 2
+    crop = image[max(y1 - pad, 0) : y2 + pad, max(x1 - pad, 0) : x2 + pad]
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[120:360, 200:440] = cv2.resize(crop, (240, 240))
+    return canvas
+
+
+def test_a_face_that_stays_keeps_its_embedding_for_reuse_s(face_handler: FaceHandler) -> None:
+    """A team at 2 frames a second: a face that stays where it was, looking the same, takes its
+    embedding from the frame before for up to ``reuse_s``, then is embedded anew. A frame with
+    nobody in it, another session, faces that moved, or another face in the same place never
+    take one."""
+    team = photo("players")
+
+    def at(t: float, image: np.ndarray = team, session: str = "s") -> list[FaceMessage]:
+        return face_handler(frame(image, f"{session}-{t}").model_copy(update={"t": t, "session": session}))
+
+    first = at(10.0)
+    assert len(first) >= 15 and face_handler.reused == 0
+    again = at(10.5)
+    assert face_handler.reused == len(first)
+    assert [f.embedding for f in again] == [f.embedding for f in first]
+    at(12.5)  # 2.5 s after the embeddings were computed
+    assert face_handler.reused == len(first), "embedded anew after reuse_s"
+    at(13.0, session="other")
+    at(13.0, photo("coffee"))  # nobody in view for a moment
+    at(13.5)
+    at(14.0, np.roll(team, 40, axis=1))  # the wearer turned their head
+    assert face_handler.reused == len(first)
+
+    sarah, other = (
+        in_the_same_place(face_handler, photo("astronaut")),
+        in_the_same_place(face_handler, photo("t1")),
+    )
+    [before] = at(20.0, sarah)
+    [after] = at(20.5, other)
+    overlap = iou(np.array(before.bbox), np.array(after.bbox))
+    assert overlap >= face_handler.settings.reuse_iou, f"the same place ({overlap:.2f})"
+    assert face_handler.reused == len(first), "another face there is embedded anew"
+    assert float(before.vector() @ after.vector()) < OTHER_FACE_MAX
