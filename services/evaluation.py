@@ -81,6 +81,8 @@ class Shot(BaseModel):
     """A packaged photo (astronaut, t1, players, gdp) or a path; several are put side by side."""
     face: int | None = None
     """Cut out this face of the photo (0 is the leftmost), enlarged: another photo of that person."""
+    only: list[int] | None = None
+    """Keep only these faces of the photo (0 is the leftmost); the others are painted over."""
     flip: bool = False
     pixels: int | None = Field(None, ge=16)
     """Seen far off: the picture shrunk to this many pixels across and blown up again."""
@@ -173,6 +175,13 @@ def render(shot: Shot, pack: FacePackModel) -> np.ndarray:
     parts = [image(n) for n in names]
     height = max(p.shape[0] for p in parts)
     picture = np.hstack([cv2.resize(p, None, fx=height / p.shape[0], fy=height / p.shape[0]) for p in parts])
+    if shot.only is not None:
+        boxes, _ = FaceDetectorModel(pack).predict(picture)
+        picture = picture.copy()
+        for i, (x1, y1, x2, y2) in enumerate(sorted(boxes[:, :4].astype(int).tolist())):
+            if i not in shot.only:
+                pad = (x2 - x1) // 3
+                picture[max(y1 - pad, 0) : y2 + pad, max(x1 - pad, 0) : x2 + pad] = 128
     if shot.face is not None:
         boxes, _ = FaceDetectorModel(pack).predict(picture)
         x1, y1, x2, y2 = sorted(boxes[:, :4].astype(int).tolist())[shot.face]

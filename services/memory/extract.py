@@ -75,7 +75,8 @@ class RulesExtractor:
     def extract(self, transcript: str, wearer: str | None = None) -> Extraction:
         names = [
             m.group(1)
-            for m in re.finditer(rf"\b(?:I'm|I am|my name is|this is|call me)\s+{NAME}", transcript, re.I)
+            # Only the lead-in ignores case: with re.I the name pattern took "my colleague" for a name.
+            for m in re.finditer(rf"\b(?i:I'm|I am|my name is|this is|call me)\s+{NAME}", transcript)
             if m.group(1).split()[0] not in NOT_NAMES and m.group(1) != wearer
         ]
         company = self._first(rf"\b{NAME} from {ORG}", transcript, group=2) or self._first(

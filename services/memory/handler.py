@@ -155,12 +155,15 @@ class MemoryHandler:
                 self.store.repo.promote(pid)
                 log.info("person=%s outcome=promoted sessions=%d frames=%d", pid, sessions, frames)
 
-    def _card(self, session: str, t: float, recall_id: str, note: str = "") -> list[RecallMessage]:
+    def _card(
+        self, session: str, t: float, recall_id: str, note: str = "", who: str | None = None
+    ) -> list[RecallMessage]:
         """The card for who is in view at ``t``, if it is news: another person than the one shown,
         the same one back in view, a renewal while they stay, or ``note``. No stranger's card
         while a face in view scores borderline against someone known: a wrong "first time you
         meet" for a friend far off is worse than a moment with no card, and the name, a better
-        view or an introduction settles it."""
+        view or an introduction settles it. ``who``: whose card it is, when the caller knows (the
+        person just introduced)."""
         view = self.settings.view
         ranked = rank(self.views.view(session), t, view.view_s, view.known_bonus)
         lines = self.views.heard_since(session, t - view.view_s)
@@ -169,7 +172,7 @@ class MemoryHandler:
         speaking = self.views.speaking(session, t - view.view_s)
         voiced = sorted((p for p in speaking if p in known), key=lambda p: -speaking[p])
         # the one whose voice is speaking is the one talked to, wherever their face is in the group
-        top = next((s for s in ranked if s.pid == voiced[0]), None) if voiced else None
+        top = next((s for s in ranked if s.pid == (who or voiced[0])), None) if who or voiced else None
         top = top or subject(ranked, view.known_bonus, said, view.named_bonus)
         maybe = list(self.views.maybes(session, t - view.view_s))
         if top is not None and not top.known and not note and maybe:
@@ -327,11 +330,19 @@ class MemoryHandler:
         if self.conversations.speakers(msg.session, [msg.segment_id]) == [ME]:
             return []  # the wearer introducing themselves
         intro = grounded(RulesExtractor().extract(msg.text, self.store.wearer), msg.text)
-        if not intro.name or not self.store.repo.introduce(ranked[0].pid, intro.name, intro.company):
+        # The best-ranked person in view with no name yet: beside a friend, who has one, "Hi, I'm
+        # Maya" is the stranger's (the friend's own name said aloud was handled above).
+        introduce = self.store.repo.introduce
+        pid = (
+            next((s.pid for s in ranked if introduce(s.pid, intro.name, intro.company)), None)
+            if intro.name
+            else None
+        )
+        if pid is None:
             return []
-        self.views.see(msg.session, ranked[0].pid, now, 0.0, True, view.view_s)
-        log.info("person=%s outcome=introduced segment=%s", ranked[0].pid, msg.segment_id)
-        return self._card(msg.session, now, msg.segment_id, note="introduced just now")
+        self.views.see(msg.session, pid, now, 0.0, True, view.view_s)
+        log.info("person=%s outcome=introduced segment=%s", pid, msg.segment_id)
+        return self._card(msg.session, now, msg.segment_id, note="introduced just now", who=pid)
 
     def tick(self) -> list[StreamMessage]:
         """End the conversations that are over; the scribe writes them down (``services/scribe``).

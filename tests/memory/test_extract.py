@@ -39,6 +39,13 @@ def test_rules_backend_skips_the_wearer_and_finds_facts_and_threads() -> None:
     assert out.open_threads == ["We should climb together sometime"]
 
 
+def test_rules_backend_takes_only_capitalised_words_for_a_name() -> None:
+    """A lead-in in any case, a name only in capitals: "this is my colleague" names nobody."""
+    assert RulesExtractor().extract("Alex, this is my colleague from the design team.").name is None
+    assert RulesExtractor().extract("so this is Maya Brooks from Figma.").name == "Maya Brooks"
+    assert RulesExtractor().extract("MY NAME IS Tom.").name == "Tom"
+
+
 @pytest.fixture(scope="module")
 def katan() -> Iterator[str]:
     """llm-katan serving the Anthropic Messages API with its echo backend."""

@@ -315,3 +315,29 @@ def test_a_candidates_expiry_removes_it_everywhere(
             ):
                 leftovers.append(key)
     assert leftovers == [], "no id, embedding or thumbnail of an expired candidate is left"
+
+
+def test_a_stranger_introducing_herself_beside_a_friend_is_named_not_the_friend(
+    r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
+) -> None:
+    """Sarah, known, and someone new beside her: "Hi, I'm Maya Brooks from Figma" names the
+    newcomer, not Sarah, who has a name; the live card is Maya's, and Sarah stays Sarah."""
+    handler = MemoryHandler(r, memory_settings)
+    t = time.time() - 90
+    astronaut = photo("astronaut")
+    sarah = meet(r, memory_settings, handler, face_pack, astronaut, "m1", "Hi, I'm Sarah Chen.", t)
+    group = photo("t1")
+    third = sorted(faces_of(face_pack, group, "x", "x", 0.0), key=lambda f: f.bbox[0])[2]
+    maya = portrait(group, third)
+    both = np.hstack([astronaut, cv2.resize(maya, (maya.shape[1] * 512 // maya.shape[0], 512))])
+    r.sadd(MemoryKeys.SESSIONS, "s")
+    faces = faces_of(face_pack, both, "s", "s-f1", t + 40)
+    assert len(faces) == 2
+    show(r, faces)
+    run(r, memory_settings, handler)
+    assert cards(r)[-1].person_id == sarah, "a friend before a stranger"
+    r.xadd("transcripts", line("s", 1, "Hi, I'm Maya Brooks from Figma.", t + 41).to_fields())
+    run(r, memory_settings, handler)
+    live = cards(r)[-1]
+    assert (live.name, live.company, live.note) == ("Maya Brooks", "Figma", "introduced just now"), live
+    assert live.person_id != sarah and handler.store.profile(sarah).name == "Sarah Chen"
