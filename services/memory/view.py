@@ -196,6 +196,8 @@ class Views:
         """The known persons a face in view since ``since`` may be, each with the person that face
         was given."""
         marks = {text(p): json.loads(m) for p, m in self.redis.hgetall(MemoryKeys.maybe(session)).items()}
+        # a bare time is a mark written before the face was kept with it (it lives an hour)
+        marks = {p: m if isinstance(m, dict) else {"t": m, "face": ""} for p, m in marks.items()}
         return {p: m["face"] for p, m in sorted(marks.items()) if m["t"] >= since}
 
     def _mark(self, key: str, pids: Collection[str], t: float) -> None:

@@ -12,6 +12,7 @@ import redis
 from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings, ViewSettings
+from services.memory.view import Views
 from shared.schemas import FaceMessage, PartialTranscriptMessage, RecallMessage
 from shared.streams import MemoryKeys
 from tests.face.conftest import photo
@@ -341,3 +342,13 @@ def test_a_stranger_introducing_herself_beside_a_friend_is_named_not_the_friend(
     live = cards(r)[-1]
     assert (live.name, live.company, live.note) == ("Maya Brooks", "Figma", "introduced just now"), live
     assert live.person_id != sarah and handler.store.profile(sarah).name == "Sarah Chen"
+
+
+def test_a_maybe_mark_from_before_the_face_was_kept_still_reads(r: redis.Redis) -> None:
+    """Marks live an hour: one written as a bare time, before the face was kept with it, reads as
+    a maybe with no face; a new one reads with its face; both are only as recent as asked."""
+    views = Views(r)
+    r.hset(MemoryKeys.maybe("s"), "p-old", repr(100.0))
+    views.maybe("s", ["p-new"], 101.0, "p-face")
+    assert views.maybes("s", 99.0) == {"p-new": "p-face", "p-old": ""}
+    assert views.maybes("s", 100.5) == {"p-new": "p-face"}
