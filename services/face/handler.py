@@ -122,8 +122,10 @@ class FaceHandler(BatchedHandler):
         per_frame = collections.Counter(i for i, *_ in found)
         kept: dict[int, list[Embedded]] = {i: [] for i, r in enumerate(results) if isinstance(r, list)}
         for i, msg, image, box, kps, looks, same in found:
-            seen = same or Embedded(box, looks, next(fresh), msg.t)
-            kept[i].append(Embedded(box, looks, seen.vector, seen.t))
+            # a reused face keeps the earlier vector and when it was computed, with its box of now
+            vector, t = (same.vector, same.t) if same else (next(fresh), msg.t)
+            seen = Embedded(box, looks, vector, t)
+            kept[i].append(seen)
             faces = results[i]
             assert isinstance(faces, list)
             faces.append(

@@ -177,7 +177,7 @@ class Views:
 
     def voiced(self, session: str, pid: str, t: float) -> None:
         """A known person's voice was heard in the session at ``t``."""
-        self._mark(MemoryKeys.voiced(session), [pid], t)
+        self._mark(MemoryKeys.voiced(session), [pid], repr(t))
 
     def speaking(self, session: str, since: float) -> dict[str, float]:
         """The known persons heard since ``since``, with when they were last heard."""
@@ -186,11 +186,7 @@ class Views:
     def maybe(self, session: str, pids: Collection[str], t: float, face: str) -> None:
         """A face in view at ``t`` scored borderline against these known persons; ``face`` is the
         person it was given meanwhile (a stranger, most often), or ``""``."""
-        mark = json.dumps({"t": t, "face": face})
-        with self.redis.pipeline() as pipe:
-            pipe.hset(MemoryKeys.maybe(session), mapping=dict.fromkeys(pids, mark))
-            pipe.expire(MemoryKeys.maybe(session), 3600)
-            pipe.execute()
+        self._mark(MemoryKeys.maybe(session), pids, json.dumps({"t": t, "face": face}))
 
     def maybes(self, session: str, since: float) -> dict[str, str]:
         """The known persons a face in view since ``since`` may be, each with the person that face
@@ -200,9 +196,9 @@ class Views:
         marks = {p: m if isinstance(m, dict) else {"t": m, "face": ""} for p, m in marks.items()}
         return {p: m["face"] for p, m in sorted(marks.items()) if m["t"] >= since}
 
-    def _mark(self, key: str, pids: Collection[str], t: float) -> None:
+    def _mark(self, key: str, pids: Collection[str], value: str) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping={pid: repr(t) for pid in pids})
+            pipe.hset(key, mapping=dict.fromkeys(pids, value))
             pipe.expire(key, 3600)
             pipe.execute()
 
