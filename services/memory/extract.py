@@ -69,6 +69,19 @@ NOT_NAMES = {
 }
 
 
+INTRODUCING = "this is|meet"
+"""Lead-ins of a name that one person gives another: "Alex, this is Priya", "meet Tom"."""
+
+
+def introduces_another(transcript: str, name: str) -> bool:
+    """Whether ``name`` is said as someone else's ("this is Priya Shah") rather than the speaker's
+    own ("I'm Priya Shah")."""
+    said = re.escape(name)
+    return bool(re.search(rf"\b(?i:{INTRODUCING})\s+{said}", transcript)) and not re.search(
+        rf"\b(?i:I'm|I am|my name is|call me)\s+{said}", transcript
+    )
+
+
 class RulesExtractor:
     """Self-introductions and a few plain patterns: enough for a name, a company and a topic."""
 
@@ -76,7 +89,7 @@ class RulesExtractor:
         names = [
             m.group(1)
             # Only the lead-in ignores case: with re.I the name pattern took "my colleague" for a name.
-            for m in re.finditer(rf"\b(?i:I'm|I am|my name is|this is|call me)\s+{NAME}", transcript)
+            for m in re.finditer(rf"\b(?i:I'm|I am|my name is|call me|{INTRODUCING})\s+{NAME}", transcript)
             if m.group(1).split()[0] not in NOT_NAMES and m.group(1) != wearer
         ]
         company = self._first(rf"\b{NAME} from {ORG}", transcript, group=2) or self._first(

@@ -12,7 +12,7 @@ from prometheus_client import Counter
 
 from services.memory.admin import PersonAdmin
 from services.memory.conversations import Conversations
-from services.memory.extract import RulesExtractor
+from services.memory.extract import RulesExtractor, introduces_another
 from services.memory.grounding import grounded
 from services.memory.person_store import PersonStore
 from services.memory.records import Person
@@ -330,14 +330,16 @@ class MemoryHandler:
         if self.conversations.speakers(msg.session, [msg.segment_id]) == [ME]:
             return []  # the wearer introducing themselves
         intro = grounded(RulesExtractor().extract(msg.text, self.store.wearer), msg.text)
+        if not intro.name:
+            return []
         # The best-ranked person in view with no name yet: beside a friend, who has one, "Hi, I'm
-        # Maya" is the stranger's (the friend's own name said aloud was handled above).
+        # Maya" is the stranger's (the friend's own name said aloud was handled above). A name
+        # given to another ("Alex, this is Priya") is not the speaker's, and the speaker is the
+        # one talking to the wearer, the best-ranked: it goes to someone beside them.
+        if introduces_another(msg.text, intro.name) and len(ranked) > 1:
+            ranked = ranked[1:]
         introduce = self.store.repo.introduce
-        pid = (
-            next((s.pid for s in ranked if introduce(s.pid, intro.name, intro.company)), None)
-            if intro.name
-            else None
-        )
+        pid = next((s.pid for s in ranked if introduce(s.pid, intro.name, intro.company)), None)
         if pid is None:
             return []
         self.views.see(msg.session, pid, now, 0.0, True, view.view_s)

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from services.memory.extract import AnthropicExtractor, RulesExtractor, build_extractor
+from services.memory.extract import AnthropicExtractor, RulesExtractor, build_extractor, introduces_another
 from services.memory.settings import ExtractSettings, MemorySettings
 from services.transcriber.model import WhisperSpeechModel
 from services.transcriber.settings import WhisperSettings
@@ -44,6 +44,17 @@ def test_rules_backend_takes_only_capitalised_words_for_a_name() -> None:
     assert RulesExtractor().extract("Alex, this is my colleague from the design team.").name is None
     assert RulesExtractor().extract("so this is Maya Brooks from Figma.").name == "Maya Brooks"
     assert RulesExtractor().extract("MY NAME IS Tom.").name == "Tom"
+
+
+def test_a_name_given_to_another_is_told_from_the_speakers_own() -> None:
+    """ "this is Priya" and "meet Priya" give a name to someone else; "I'm Priya" is the speaker's.
+    "Nice to meet you" names nobody."""
+    assert RulesExtractor().extract("Alex, meet Priya Shah.").name == "Priya Shah"
+    assert RulesExtractor().extract("Nice to meet you.").name is None
+    assert introduces_another("Alex, this is Priya Shah. She runs our data team.", "Priya Shah")
+    assert introduces_another("Meet Tom, my brother.", "Tom")
+    assert not introduces_another("Hi, I'm Priya Shah.", "Priya Shah")
+    assert not introduces_another("This is Priya Shah speaking, I'm Priya Shah.", "Priya Shah")
 
 
 @pytest.fixture(scope="module")

@@ -344,6 +344,41 @@ def test_a_stranger_introducing_herself_beside_a_friend_is_named_not_the_friend(
     assert live.person_id != sarah and handler.store.profile(sarah).name == "Sarah Chen"
 
 
+def test_a_name_given_to_another_names_the_face_beside_the_speaker(
+    r: redis.Redis, memory_settings: MemorySettings, face_pack: FacePackModel
+) -> None:
+    """Two strangers. The one talking to the wearer, in front, says "Alex, this is Priya Shah":
+    the name is the other face's, on the live card and after the conversation is written down,
+    and the speaker stays without a name."""
+    handler = MemoryHandler(r, memory_settings)
+    t = time.time() - 90
+    group = photo("t1")
+    found = sorted(faces_of(face_pack, group, "x", "x", 0.0), key=lambda f: f.bbox[0])
+    speaker, priya = portrait(group, found[4]), portrait(group, found[0])
+    speaker = cv2.resize(speaker, (speaker.shape[1] * 512 // speaker.shape[0], 512))
+    small = cv2.resize(priya, (priya.shape[1] * 256 // priya.shape[0], 256))
+    both = np.hstack([speaker, np.pad(small, ((128, 128), (0, 0), (0, 0)))])
+    r.sadd(MemoryKeys.SESSIONS, "s")
+    faces = faces_of(face_pack, both, "s", "s-f1", t)
+    assert len(faces) == 2
+    show(r, faces)
+    r.xadd(
+        "transcripts", line("s", 1, "Alex, this is Priya Shah. She runs our data team.", t + 1).to_fields()
+    )
+    r.xadd("transcripts", line("s", 2, "Hi, nice to meet you.", t + 4).to_fields())
+    run(r, memory_settings, handler)
+    live = cards(r)[-1]
+    assert (live.name, live.note) == ("Priya Shah", "introduced just now"), live
+    settle(r, memory_settings, handler)
+    assert (
+        meet(r, memory_settings, handler, face_pack, priya, "later1", "Good to see you.", t + 30)
+        == live.person_id
+    )
+    other = meet(r, memory_settings, handler, face_pack, speaker, "later2", "Good to see you.", t + 60)
+    assert other != live.person_id and handler.store.profile(other).name == ""
+    assert handler.store.profile(live.person_id).name == "Priya Shah"
+
+
 def test_a_maybe_mark_from_before_the_face_was_kept_still_reads(r: redis.Redis) -> None:
     """Marks live an hour: one written as a bare time, before the face was kept with it, reads as
     a maybe with no face; a new one reads with its face; both are only as recent as asked."""
