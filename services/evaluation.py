@@ -240,8 +240,7 @@ class Evaluation:
             WhisperSpeechModel(WhisperSettings()),
             SessionContext(client) if context else None,
         )
-        self.live = LiveWords(WhisperSettings(), self.whisper.model, self.whisper.hotwords)
-        self.whisper.transcribed = self.live.finish
+        self.live = LiveWords(WhisperSettings(), self.whisper.model, client, self.whisper.hotwords)
         self.memory_settings = MemorySettings(
             redis_url=settings.redis_url, consumer=settings.consumer, wearer_name=WEARER,
             encounter=EncounterSettings(gap_s=GAP_S, tick_s=0.05),

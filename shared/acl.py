@@ -27,7 +27,15 @@ from shared.schemas import (
     VoiceMessage,
 )
 from shared.settings import ServiceSettings
-from shared.streams import ADMIN_TOKEN_KEY, KEY_PREFIX, MemoryKeys, TrainerKeys, done_key, heartbeat_key
+from shared.streams import (
+    ADMIN_TOKEN_KEY,
+    KEY_PREFIX,
+    MemoryKeys,
+    TrainerKeys,
+    TranscriberKeys,
+    done_key,
+    heartbeat_key,
+)
 
 ADMIN = "admin"
 
@@ -91,6 +99,7 @@ GRANTS = (
         "transcriber", consumes=(AudioSegmentMessage, PartialSegmentMessage),
         produces=(TranscriptMessage, PartialTranscriptMessage),
         read_keys=(MemoryKeys.context("*"),),  # hotwords: the names of the people in view
+        keys=(TranscriberKeys.live("*"),),  # live words' agreement, shared by the replicas
     ),
     Grant("face", consumes=(FrameMessage,), produces=(FaceMessage,)),
     Grant("voice", consumes=(AudioSegmentMessage,), produces=(VoiceMessage,)),

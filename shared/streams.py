@@ -251,5 +251,15 @@ class TrainerKeys:
         return f"{KEY_PREFIX}:trainer:adapter:{version}"
 
 
+class TranscriberKeys:
+    """The transcriber's own state, shared by its replicas."""
+
+    @staticmethod
+    def live(segment_id: str) -> str:
+        """STRING (JSON): an utterance's live words so far: the last partial's time and words, and
+        the stable ones (``services/transcriber/live.py``)."""
+        return f"{KEY_PREFIX}:live:{segment_id}"
+
+
 ADMIN_TOKEN_KEY = f"{KEY_PREFIX}:overlay:admin-token"
 """The overlay's admin bearer token when none is configured: made on first start, shared by replicas."""

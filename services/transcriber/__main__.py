@@ -12,10 +12,9 @@ from shared.streams import Groups
 
 
 def build(settings: TranscriberSettings) -> dict[type[StreamMessage], Handler]:
-    context = SessionContext(connect(settings, Groups.TRANSCRIBER))
-    finals = TranscriberHandler(settings.whisper, context=context).load()
-    live = LiveWords(settings.whisper, finals.model, finals.hotwords)
-    finals.transcribed = live.finish
+    client = connect(settings, Groups.TRANSCRIBER)
+    finals = TranscriberHandler(settings.whisper, context=SessionContext(client)).load()
+    live = LiveWords(settings.whisper, finals.model, client, finals.hotwords)
     # segments first: the consumer handles and writes its streams in this order
     return {AudioSegmentMessage: finals, PartialSegmentMessage: live}
 

@@ -1,7 +1,7 @@
 """Speech segments in, transcripts out."""
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -47,8 +47,6 @@ class TranscriberHandler(BatchedHandler):
         self.model = model or WhisperSpeechModel(settings)
         self.context = context
         self.dropped: dict[str, int] = {}
-        self.transcribed: Callable[[list[str]], None] | None = None
-        """Told the ids of the segments handled (the live words of those utterances are over)."""
 
     def hotwords(self, session: str) -> str | None:
         """The wearer's vocabulary and the session's context, as one hotwords string for Whisper.
@@ -75,8 +73,6 @@ class TranscriberHandler(BatchedHandler):
         texts = self.model.predict_batch([audio for _, _, audio in good], hotwords)
         for (i, msg, audio), text in zip(good, texts, strict=True):
             results[i] = self._publishable(msg, audio, text)
-        if self.transcribed is not None:
-            self.transcribed([m.segment_id for m in msgs])
         return results
 
     def _publishable(

@@ -6,25 +6,45 @@ in a row agree on it and on every word before it (LocalAgreement-2, as in whispe
 stable words never change again, the rest are *pending*. Only the newest partial of an
 utterance is decoded: older ones in the same batch, ones whose segment is already transcribed,
 and stale ones are dropped, so live words never hold up a segment's transcript.
+
+The agreement state of an utterance (the last decode's words, the stable ones) is kept in Redis,
+not in the replica: consecutive partials of one utterance go to whichever transcriber replica
+reads them first, and stable words must stay stable across them. A decode that finishes after a
+newer partial's (two replicas on one utterance at once) is dropped rather than written over it.
 """
 
+import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+import redis
 from prometheus_client import Counter
 
 from services.transcriber.model import WhisperSpeechModel, plain_words
 from services.transcriber.settings import WhisperSettings
 from shared.audio import pcm_to_float
-from shared.consumer import BatchedHandler
-from shared.schemas import BadMessageError, PartialSegmentMessage, PartialTranscriptMessage
+from shared.consumer import BatchedHandler, done_of
+from shared.schemas import (
+    AudioSegmentMessage,
+    BadMessageError,
+    PartialSegmentMessage,
+    PartialTranscriptMessage,
+)
+from shared.streams import Groups, TranscriberKeys
 
 log = logging.getLogger(__name__)
 LIVE = Counter("convo_transcriber_partials_total", "Partial segments, by outcome", ["outcome"])
-KEEP = 512
-"""Utterances whose live state is remembered (a replica serves a few sessions at a time)."""
+KEEP_S = 120
+"""How long an utterance's live state outlives its last partial (an utterance is at most 30 s)."""
+# Write the state only over an older one: a slower replica's decode of an earlier partial
+# must not take the stable words of a later one back.
+NEWER_SCRIPT = """
+local now = redis.call('GET', KEYS[1])
+if now and tonumber(cjson.decode(now)['t']) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
 
 
 def agree(committed: list[str], previous: list[str], now: list[str]) -> list[str]:
@@ -42,24 +62,17 @@ class LiveWords(BatchedHandler):
     """``audio:partials`` in, ``transcripts:partial`` out."""
 
     def __init__(
-        self, settings: WhisperSettings, model: WhisperSpeechModel,
-        hotwords: Callable[[str], str | None] | None = None,
+        self, settings: WhisperSettings, model: WhisperSpeechModel, client: redis.Redis,
+        hotwords: Callable[[str], str | None] | None = None, group: str = Groups.TRANSCRIBER,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.model = model
+        self.redis = client
         self.hotwords = hotwords
         """The session's hotwords (the transcriber's :meth:`TranscriberHandler.hotwords`)."""
-        self.heard: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
-        """Per segment: the last decode's words, and the stable ones."""
-        self.finished: OrderedDict[str, None] = OrderedDict()
-
-    def finish(self, segment_ids: Sequence[str]) -> None:
-        """These segments are transcribed: their live words are over."""
-        for sid in segment_ids:
-            self.heard.pop(sid, None)
-            self.finished[sid] = None
-        while len(self.finished) > KEEP:
-            self.finished.popitem(last=False)
+        self.group = group
+        """The group that writes the segments' transcripts: its done record ends an utterance's live words."""
+        self._newer = client.register_script(NEWER_SCRIPT)
 
     def handle_batch(
         self, msgs: Sequence[PartialSegmentMessage]
@@ -77,19 +90,23 @@ class LiveWords(BatchedHandler):
         audio = pcm_to_float(msg, self.settings.sample_rate, self.settings.max_segment_s)
         outcome = (
             "superseded" if not newest
-            else "after its segment" if msg.segment_id in self.finished
             else "stale" if time.time() - msg.t_end > self.settings.live_stale_s
             else ""
         )  # fmt: skip
+        if not outcome:
+            done, state = self._state(msg.segment_id)
+            outcome = "after its segment" if done else ""
         if outcome:
             LIVE.labels(outcome).inc()
             return []
         words = self.model.quick(audio, self.hotwords(msg.session) if self.hotwords else None).text.split()
-        previous, stable = self.heard.pop(msg.segment_id, ([], []))
-        stable = agree(stable, previous, words)
-        self.heard[msg.segment_id] = (words, stable)
-        while len(self.heard) > KEEP:
-            self.heard.popitem(last=False)
+        stable = agree(state.get("stable", []), state.get("words", []), words)
+        kept = {"t": msg.t_end, "words": words, "stable": stable}
+        if not self._newer(
+            keys=[TranscriberKeys.live(msg.segment_id)], args=[json.dumps(kept), msg.t_end, KEEP_S]
+        ):
+            LIVE.labels("superseded").inc()  # a newer partial was decoded meanwhile, by another replica
+            return []
         LIVE.labels("decoded").inc()
         return [
             PartialTranscriptMessage(
@@ -98,3 +115,11 @@ class LiveWords(BatchedHandler):
                 pending=" ".join(words[len(stable) :]), model=self.model.name,
             )
         ]  # fmt: skip
+
+    def _state(self, segment_id: str) -> tuple[bool, dict]:
+        """Whether the utterance's transcript is written (by any replica), and its live state."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(done_of(self.group, AudioSegmentMessage, segment_id))
+            pipe.get(TranscriberKeys.live(segment_id))
+            done, raw = pipe.execute()
+        return bool(done), json.loads(raw) if raw else {}

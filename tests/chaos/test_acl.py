@@ -5,10 +5,15 @@ import time
 import pytest
 import redis
 
+from services.transcriber.live import LiveWords
+from services.transcriber.settings import WhisperSettings
 from shared.acl import ADMIN, GRANTS, USERS, Grant
+from shared.consumer import done_of
 from shared.redis_server import RedisServer
 from shared.runtime import connect
+from shared.schemas import AudioSegmentMessage
 from shared.settings import ServiceSettings
+from shared.streams import MemoryKeys, TranscriberKeys
 
 
 def client_of(server: RedisServer, user: str) -> redis.Redis:
@@ -50,6 +55,20 @@ def test_a_consumer_can_run_its_group_on_its_input_but_not_append_to_it(acl_serv
         transcriber.xadd("audio:segments", {"x": "2"})
     with pytest.raises(redis.exceptions.NoPermissionError):
         transcriber.xgroup_create("frames", "transcriber", id="0", mkstream=True)  # not its stream
+
+
+def test_transcriber_replicas_share_live_words_under_their_user(acl_server: RedisServer) -> None:
+    """The live words' agreement state (``TranscriberKeys.live``) and the check for a segment
+    already transcribed (its own done record) work as the transcriber's user; no decode is needed."""
+    transcriber = client_of(acl_server, "transcriber")
+    live = LiveWords(WhisperSettings(), None, transcriber)  # type: ignore[arg-type]
+    assert live._state("seg-1") == (False, {})
+    assert live._newer(keys=[TranscriberKeys.live("seg-1")], args=['{"t": 2.0, "words": ["Hi"]}', 2.0, 60])
+    assert not live._newer(keys=[TranscriberKeys.live("seg-1")], args=['{"t": 1.0}', 1.0, 60])
+    transcriber.set(done_of("transcriber", AudioSegmentMessage, "seg-1"), 1)
+    assert live._state("seg-1") == (True, {"t": 2.0, "words": ["Hi"]})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        transcriber.set(MemoryKeys.context("s"), "[]")  # the hotwords are memory's to write
 
 
 def test_the_default_user_is_off_and_a_wrong_password_is_refused(acl_server: RedisServer) -> None:

@@ -53,10 +53,10 @@ def test_a_word_is_stable_once_two_decodes_agree_and_never_changes_after() -> No
 
 
 def test_live_words_grow_toward_the_transcript_and_end_with_it(
-    whisper: WhisperSpeechModel, tmp_path: Path
+    r: redis.Redis, settings: ServiceSettings, whisper: WhisperSpeechModel, tmp_path: Path
 ) -> None:
     audio = speech(LONG, tmp_path)
-    live = LiveWords(whisper.settings, whisper)
+    live = LiveWords(whisper.settings, whisper, r)
     said = [out for p in partials(audio) for out in live(p)]
     assert len(said) >= 3
     stable = [words(s.stable) for s in said]
@@ -66,21 +66,22 @@ def test_live_words_grow_toward_the_transcript_and_end_with_it(
     assert right >= len(stable[-1]) - 1, (stable[-1], "they are what was said, but for a word cut off")
     assert any(s.pending for s in said), "the newest words wait for a second decode"
 
-    [final] = TranscriberHandler(whisper.settings, whisper)(segment(audio, 1))
-    live.finish([final.segment_id])
+    r.xadd("audio:segments", segment(audio, 1).to_fields())
+    finals = TranscriberHandler(whisper.settings, whisper)
+    assert Consumer(r, settings, "transcriber", {AudioSegmentMessage: finals}).run(burst=True).processed == 1
     assert live(partials(audio)[-1]) == [], "a partial after its segment's transcript is dropped"
     old = partials(audio, n=2)[0].model_copy(update={"t_start": time.time() - 12, "t_end": time.time() - 10})
     assert live(old) == [], "so is a stale one"
 
 
 def test_only_the_newest_partial_of_an_utterance_is_decoded(
-    whisper: WhisperSpeechModel, tmp_path: Path
+    r: redis.Redis, whisper: WhisperSpeechModel, tmp_path: Path
 ) -> None:
     waiting = partials(speech(LONG, tmp_path))[:3]
-    results = LiveWords(whisper.settings, whisper).handle_batch(waiting)
+    results = LiveWords(whisper.settings, whisper, r).handle_batch(waiting)
     assert [len(r) for r in results] == [0, 0, 1]  # type: ignore[arg-type]
     broken = waiting[0].model_copy(update={"audio": b"\x01"})
-    [error] = LiveWords(whisper.settings, whisper).handle_batch([broken])
+    [error] = LiveWords(whisper.settings, whisper, r).handle_batch([broken])
     assert isinstance(error, BadMessageError) and "whole s16le" in str(error)
 
 
@@ -93,8 +94,7 @@ def test_partials_are_written_after_the_segments_and_never_as_transcripts(
     r.xadd("audio:partials", partials(audio, n=9)[0].model_copy(update={"audio": b""}).to_fields())
     r.xadd("audio:segments", segment(speech("Good morning.", tmp_path), 0).to_fields())
     finals = TranscriberHandler(whisper.settings, whisper)
-    live = LiveWords(whisper.settings, whisper)
-    finals.transcribed = live.finish
+    live = LiveWords(whisper.settings, whisper, r)
     stats = Consumer(
         r, settings, "transcriber", {AudioSegmentMessage: finals, PartialSegmentMessage: live}
     ).run(burst=True)
@@ -104,6 +104,27 @@ def test_partials_are_written_after_the_segments_and_never_as_transcripts(
     written = r.xrange("transcripts:partial")
     assert written and all(PartialTranscriptMessage.from_fields(f).segment_id == "seg-1" for _, f in written)
     assert final_id < written[0][0], "the segment was written first"
+
+
+def test_two_replicas_share_an_utterances_agreement(
+    r: redis.Redis, whisper: WhisperSpeechModel, tmp_path: Path
+) -> None:
+    """Partials of one utterance go to whichever replica reads them first: the second, at another
+    replica, still agrees with the first, and a replica's late decode of an older partial is
+    not written over a newer one's (its stable words would go back)."""
+    audio = speech(LONG, tmp_path)
+    a, b = LiveWords(whisper.settings, whisper, r), LiveWords(whisper.settings, whisper, r)
+    said: list[PartialTranscriptMessage] = []
+    heard = partials(audio)
+    for p, live in zip(heard, itertools.cycle([a, b]), strict=False):
+        said += live(p.model_copy(update={"t_end": time.time()}))
+    stable = [words(s.stable) for s in said]
+    assert len(said) == len(heard) >= 3 and stable[1], f"the second decode agrees with the first: {stable}"
+    assert all(x == y[: len(x)] for x, y in itertools.pairwise(stable)), stable
+    early, late = partials(audio, n=2)[:2]
+    now = time.time()
+    assert b(late.model_copy(update={"t_end": now}))
+    assert a(early.model_copy(update={"t_end": now - 0.5})) == [], "older than what is kept: dropped"
 
 
 def test_live_words_are_one_greedy_decode_at_one_temperature(whisper: WhisperSpeechModel) -> None:
