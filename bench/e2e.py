@@ -26,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Iterable
 from contextlib import ExitStack
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,7 +48,7 @@ from services.face.settings import FaceModelSettings
 from services.pagewatch import Line, PageWatch, Shown
 from shared.images import encode_jpeg
 from shared.publisher import Publisher
-from shared.redis_server import RedisServer
+from shared.redis_server import RedisServer, free_port
 from shared.schemas import FrameMessage, RecallMessage, TranscriptMessage
 from shared.streams import heartbeat_key
 from tests.chaos.conftest import person_crops
@@ -146,7 +149,13 @@ def main() -> None:
             "CONVO_LOG_LEVEL": "WARNING",
         }  # fmt: skip
         env.pop("CONVO_ACL_DIR", None)
-        procs = [subprocess.Popen([sys.executable, "-m", f"services.{s}"], env=env) for s in SERVICES]
+        ports = {s: free_port() for s in SERVICES}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", f"services.{s}"], env={**env, "CONVO_METRICS_PORT": str(ports[s])}
+            )
+            for s in SERVICES
+        ]
         try:
             deadline = time.monotonic() + 300
             while not all(next(client.scan_iter(heartbeat_key(g)), None) for g in SERVICES):
@@ -164,6 +173,7 @@ def main() -> None:
             while client.xlen("encounters") < CONVERSATIONS and time.monotonic() < deadline:
                 time.sleep(0.5)
             texts, cards = watch.lines(t0), watch.cards(t0)
+            handling = handler_means(ports.values())
         finally:
             for proc in procs:
                 proc.terminate()
@@ -171,6 +181,8 @@ def main() -> None:
                 proc.wait(30)
         to_text, split_text = text_latency(client, [t0 + hi for _, hi in spans], texts)
         to_card, split_card = card_latency(client, [t0 + s for s in starts], cards)
+        queued(split_text, "transcriber", handling[("transcriber", "audio:segments")])
+        queued(split_card, "face", handling[("face", "frames")])
         to_word = word_latency(client, [(t0 + lo, t0 + hi) for lo, hi in spans], texts)
         splits = {"speech end -> text": split_text, "face -> card": split_card}
         print_figures(to_text, to_card, to_word, splits, client.xlen("encounters"))
@@ -250,6 +262,37 @@ def card_latency(client: redis.Redis, starts: list[float], cards: list[Shown]) -
         split["memory"].append(card[0] - found)
         split["overlay"].append(shown.t - card[0])
     return out, split
+
+
+def handler_means(ports: Iterable[int]) -> dict[tuple[str, str], float]:
+    """Mean seconds in the handler per entry, by (group, stream), from each service's Prometheus
+    histogram: the time a stage spends on an entry's own work, without its wait in the stream."""
+    out: dict[tuple[str, str], float] = {}
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        totals: dict[tuple[str, str], list[float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples if family.name == "convo_handler_seconds" else []:
+                at = totals.setdefault((sample.labels["stage"], sample.labels["stream"]), [0.0, 0.0])
+                if sample.name.endswith("_sum"):
+                    at[0] = sample.value
+                elif sample.name.endswith("_count"):
+                    at[1] = sample.value
+        out |= {key: total / count for key, (total, count) in totals.items() if count}
+    return out
+
+
+def queued(split: Split, stage: str, handled: float) -> None:
+    """Split a stage's mean into its wait for the stage (queue) and the handler's own work."""
+    parts = {}
+    for name, values in split.items():
+        if name == stage:
+            parts[f"{stage} queue"] = [max(0.0, w - handled) for w in values]
+            parts[f"{stage} work"] = [min(w, handled) for w in values]
+        else:
+            parts[name] = values
+    split.clear()
+    split.update(parts)
 
 
 def print_figures(
