@@ -48,7 +48,7 @@ LOOP = (
     "xadd", "set", "get", "mget", "exists",
     "eval", "evalsha", "script|load", "script|exists", "multi", "exec", "discard",
 )  # fmt: skip
-GROUP_BOOKKEEPING = ("+xack", "+xautoclaim", "+xgroup|create")
+GROUP_BOOKKEEPING = ("+xack", "+xautoclaim", "+xclaim", "+xgroup|create")
 # Capture only appends, and reads its streams' groups for backpressure and retention.
 PRODUCER = (
     "ping", "scan", "set", "del",
@@ -70,8 +70,8 @@ class Grant:
 
     user: str
     consumes: tuple[type[StreamMessage], ...] = ()
-    """Read through a consumer group. The group's own bookkeeping (XACK, XAUTOCLAIM, XGROUP CREATE)
-    needs write access to the stream; a selector grants it to those commands only, so no XADD."""
+    """Read through a consumer group. The group's own bookkeeping (XACK, XAUTOCLAIM, XCLAIM, XGROUP
+    CREATE) needs write access to the stream; a selector grants it to those commands only, so no XADD."""
     produces: tuple[type[StreamMessage], ...] = ()
     """Appended to, never read."""
     follows: tuple[type[StreamMessage], ...] = ()

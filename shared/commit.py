@@ -90,3 +90,21 @@ class Committer:
     def __call__(self, work: Work, acks: Acks = ()) -> Any:
         """1 per done key whose entries it wrote, 0 per duplicate (a coroutine on an asyncio client)."""
         return self.script(args=[commit_payload(self.ttl_s, work, acks)])
+
+    def then_read(
+        self, work: Work, acks: Acks, group: str, consumer: str, streams: Mapping[str, str], count: int
+    ) -> tuple[list[int] | redis.ResponseError, Any]:
+        """The commit, then an XREADGROUP that does not block, in one round trip (sync clients).
+        Each answer is its value or the error Redis gave for it: the entries read are delivered
+        to ``consumer`` whether or not the commit went through."""
+        payload = commit_payload(self.ttl_s, work, acks)
+        with self.script.registered_client.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self.script.sha, 0, payload)
+            pipe.xreadgroup(group, consumer, streams, count=count)
+            written, read = pipe.execute(raise_on_error=False)
+        if isinstance(written, redis.exceptions.NoScriptError):  # a restarted Redis: it ran nothing
+            try:
+                written = self.script(args=[payload])
+            except redis.ResponseError as exc:
+                written = exc
+        return written, read

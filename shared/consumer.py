@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.commit import Committer, Work, refused
+from shared.commit import Acks, Committer, Work, refused
 from shared.schemas import BadMessageError, StreamMessage, dead_letter, now
 from shared.settings import ServiceSettings
 from shared.streams import done_key, heartbeat_key
@@ -188,6 +188,8 @@ class Consumer:
         self._last_beat = 0.0
         self._commit = Committer(client, self.cfg.dedupe_ttl_s)
         self._claim_from = dict.fromkeys(self._routes, "0-0")
+        self._ahead: list[_Entry] = []
+        """Entries read in the round trip of the last commit, handled next (:meth:`_commit_entries`)."""
         self._meters: dict[str, _Meters] = {}
         self._batch_handlers: dict[int, bool] = {}
 
@@ -212,7 +214,7 @@ class Consumer:
                     groups_ready = True
                 self._beat()
                 self._tick()
-                batch = self._claim() or self._read(burst)
+                batch = self._claim() or self._take_ahead() or self._read(burst)
                 if batch:
                     self._process(batch)
                 elif burst and self._drained():
@@ -237,6 +239,7 @@ class Consumer:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.cfg.backoff_max_s)
                 groups_ready = False
+        self._hand_back()
         log.info("consumer %s/%s stopped: %s", self.group, self.name, self.stats)
         return self.stats
 
@@ -297,11 +300,42 @@ class Consumer:
             count=self.cfg.batch_size,
             block=None if burst else self.cfg.block_ms,
         )
+        return self._entries(reply)
+
+    @staticmethod
+    def _entries(reply: Any) -> list[_Entry]:
         return [
             _Entry(stream.decode(), entry_id, fields, deliveries=1)
             for stream, entries in reply or []
             for entry_id, fields in entries
         ]
+
+    def _take_ahead(self) -> list[_Entry]:
+        batch, self._ahead = self._ahead, []
+        return batch
+
+    def _hand_back(self) -> None:
+        """Entries read ahead but never handled (SIGTERM came after the read): made claimable by
+        any replica at once, as if never delivered (idle ``claim_idle_ms``, no delivery counted),
+        rather than waiting out ``claim_idle_ms`` in this stopped consumer's pending list."""
+        for stream in dict.fromkeys(e.stream for e in self._ahead):
+            ids = [e.entry_id for e in self._ahead if e.stream == stream]
+            try:
+                self.redis.xclaim(
+                    stream,
+                    self.group,
+                    self.name,
+                    0,
+                    ids,
+                    idle=self.cfg.claim_idle_ms,
+                    retrycount=0,
+                    justid=True,
+                )
+            except redis.RedisError as exc:
+                log.warning(
+                    "group %s: %d entries read ahead wait for claim_idle_ms (%s)", self.group, len(ids), exc
+                )
+        self._ahead = []
 
     def _claim(self) -> list[_Entry]:
         """Take over entries idle longer than ``claim_idle_ms`` (a crashed or failing consumer's).
@@ -362,6 +396,7 @@ class Consumer:
             self._parse(entry)
         self._skip_done(batch)
         handled = False
+        last = [s for s in self._routes if any(e.stream == s for e in batch)][-1]
         for stream, (_, handler) in self._routes.items():
             mine = [e for e in batch if e.stream == stream]
             todo = [e for e in mine if e.outcome is Outcome.PENDING]
@@ -369,7 +404,7 @@ class Consumer:
                 self._handle(handler, todo)
                 handled = handled or any(e.outcome is Outcome.DONE for e in todo)
             if mine:
-                self._write(mine)
+                self._write(mine, read_ahead=stream == last)
 
     def _parse(self, entry: _Entry) -> None:
         model = self._routes[entry.stream][0]
@@ -445,15 +480,16 @@ class Consumer:
 
     # -- writing ---------------------------------------------------------------------
 
-    def _write(self, batch: list[_Entry]) -> None:
-        """Write outputs, done records, dead letters and acks in one script (one round trip).
+    def _write(self, batch: list[_Entry], read_ahead: bool = False) -> None:
+        """Write outputs, done records, dead letters and acks in one script (one round trip);
+        with ``read_ahead``, the next entries are read in the same round trip.
 
         The script writes and acks all of it or nothing. When Redis refuses it (an output
         stream this user may not write, out of memory), each entry is committed on its own,
         so that only the refused ones stay pending, to be retried and finally dead-lettered.
         """
         try:
-            self._commit_entries(batch)
+            self._commit_entries(batch, read_ahead)
         except redis.ResponseError as exc:
             if not refused(exc):
                 raise
@@ -464,7 +500,7 @@ class Consumer:
         if self.committed is not None and written:
             self.committed(written)
 
-    def _commit_entries(self, entries: list[_Entry]) -> None:
+    def _commit_entries(self, entries: list[_Entry], read_ahead: bool = False) -> None:
         fresh = [e for e in entries if e.outcome is Outcome.DONE]
         work = [(done_id(self.group, e.msg), e.outputs) for e in fresh]  # type: ignore[arg-type]
         letters = [
@@ -478,10 +514,27 @@ class Consumer:
         ]
         if not (work or letters or acks):
             return
-        written = self._commit([*self._work(work), *letters], acks)
+        if read_ahead and not self.stop.is_set() and not self._ahead:  # (a claimed batch came first)
+            written = self._commit_and_read([*self._work(work), *letters], acks)
+        else:
+            written = self._commit([*self._work(work), *letters], acks)
         for entry, flag in zip(fresh, written, strict=False):
             if not flag:
                 entry.outcome = Outcome.DUPLICATE
+
+    def _commit_and_read(self, work: Work, acks: Acks) -> list[int]:
+        """The commit, and the next read (not blocking) in the same round trip: a round trip per
+        batch saved while a backlog lasts. What was read is kept whatever the commit's answer."""
+        written, reply = self._commit.then_read(
+            work, acks, self.group, self.name, {stream: ">" for stream in self._routes}, self.cfg.batch_size
+        )
+        if not isinstance(reply, Exception):
+            self._ahead = self._entries(reply)
+        if isinstance(written, Exception):
+            raise written
+        if isinstance(reply, Exception):
+            raise reply
+        return written
 
     def _commit_alone(self, entry: _Entry) -> None:
         """Commit one entry of a refused batch; if it is refused too, it stays pending, or after its

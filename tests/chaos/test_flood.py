@@ -55,6 +55,9 @@ def test_a_frame_flood_is_shed_at_capture_and_speech_is_not_lost(
         "CONVO_FRAMES__HTTP_PORT": str(port), "CONVO_FRAMES__MAX_FPS": "1000",
         "CONVO_FRAMES__MARGIN_S": "100000",  # frames after speech count as during it: backpressure sheds
         "CONVO_FRAMES__MAX_BACKLOG": str(MAX_BACKLOG),
+        # one photo posted again and again would reuse its embeddings (face.reuse_s); the flood
+        # is of views that each need embedding, as a moving camera's would
+        "CONVO_FACE__REUSE_S": "0",
     }  # fmt: skip
     face = stack.start("face")
     stack.start("transcriber")

@@ -194,6 +194,29 @@ def test_sigterm_finishes_the_message_in_hand_and_exits_zero(
     assert pending(r) > 0, "the rest of the batch was left for other replicas"
 
 
+def test_entries_read_ahead_at_a_stop_are_handed_back_at_once(
+    r: redis.Redis, settings: ServiceSettings
+) -> None:
+    """The next batch is read in the round trip of a commit. A stop that comes after that read
+    leaves those entries unhandled: they are made claimable by any replica at once, with no
+    delivery counted, rather than after ``claim_idle_ms`` in the stopped consumer's list."""
+    slow = settings.model_copy(
+        update={"consumer": settings.consumer.model_copy(update={"claim_idle_ms": 60_000})}
+    )
+    batch = slow.consumer.batch_size
+    publish(r, 3 * batch)
+    first = Consumer(r, slow, "echo", {TranscriptMessage: echo})
+    first.committed = lambda outputs: first.stop.set()
+    assert first.run().processed == batch
+    ahead = r.xpending_range("transcripts", "echo", "-", "+", 10 * batch)
+    assert len(ahead) == batch, "the second batch was read with the first one's commit"
+    assert all(p["time_since_delivered"] >= 60_000 and p["times_delivered"] == 0 for p in ahead), ahead
+    other = slow.model_copy(update={"consumer_name": "other"})
+    stats = Consumer(r, other, "echo", {TranscriptMessage: echo}).run(burst=True)
+    assert (stats.reclaimed, stats.processed, stats.dead_lettered) == (batch, 2 * batch, 0)
+    assert sorted(recalls(r)) == sorted(f"seg-{i}" for i in range(3 * batch)), "every entry once"
+
+
 def test_reconnects_after_redis_restart(tmp_path: Path) -> None:
     with RedisServer(tmp_path) as server:
         settings = ServiceSettings(
