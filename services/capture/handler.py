@@ -146,11 +146,15 @@ class CaptureHandler:
             return out
 
     def _partial(self) -> list[PartialSegmentMessage]:
-        """Every ``partial_every_s`` of speech going on, the utterance so far, for live words."""
+        """Every ``partial_every_s`` of speech going on, the utterance so far, for live words. None
+        while the speech pauses: the pause may be its end, and the segment, cut ``min_silence_ms``
+        into it, would then wait for that partial's decode at the transcriber."""
         every = int(self.settings.vad.partial_every_s * SAMPLE_RATE)
         start = self.segmenter.speech_start
         if not every or start is None or self.segmenter.pos - max(start, self.partial_at) < every:
             return []
+        if self.segmenter.silence_since is not None:
+            return []  # due, but sent only once speech goes on
         self.partial_at = self.segmenter.pos
         so_far = self.segmenter.so_far()
         assert so_far is not None

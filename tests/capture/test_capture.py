@@ -274,7 +274,8 @@ def test_speech_going_on_is_sent_as_partials_of_the_segment_it_becomes(
     r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
 ) -> None:
     """While someone speaks, the audio so far goes out every ``partial_every_s``, named after
-    the segment it will be written as; the segment itself is unchanged, and a pause ends them."""
+    the segment it will be written as; the segment itself is unchanged, and a pause ends them
+    (none goes out while the speech pauses: the segment may be cut any moment)."""
     long = speech("I have been working on the payments service for years, mostly on rate limits.", tmp_path)
     short = speech("Nice.", tmp_path)
     audio = np.concatenate([SILENCE_2S[: RATE // 2], long, SILENCE_2S, short, SILENCE_2S])
@@ -291,6 +292,15 @@ def test_speech_going_on_is_sent_as_partials_of_the_segment_it_becomes(
     last = np.frombuffer(partials[-1].audio, "<i2")
     assert np.array_equal(last, np.frombuffer(first.audio, "<i2")[: len(last)]), "the same audio, so far"
     assert len({p.partial_id for p in partials}) == len(partials)
+
+    r.flushdb()
+    capture_settings.vad = VadSettings(partial_every_s=0.25)
+    capture_settings.session = "often"
+    runner = replay(r, capture_settings, vad, write_wav(tmp_path / "long.wav", audio))
+    often = [PartialSegmentMessage.from_fields(f) for _, f in r.xrange("audio:partials")]
+    ends = [p.t_end - runner.handler.t0 for p in often if p.segment_id == segments(r)[0].segment_id]
+    spoken_until = 0.5 + voiced_span(long)[1]
+    assert len(ends) > 10 and max(ends) < spoken_until + 0.25, "none in the pause that ends it"
 
     r.flushdb()
     capture_settings.vad = VadSettings(partial_every_s=0)
