@@ -39,9 +39,14 @@ KEEP_S = 120
 """How long an utterance's live state outlives its last partial (an utterance is at most 30 s)."""
 # Write the state only over an older one: a slower replica's decode of an earlier partial
 # must not take the stable words of a later one back.
+# A kept state that cannot be read is written over.
 NEWER_SCRIPT = """
 local now = redis.call('GET', KEYS[1])
-if now and tonumber(cjson.decode(now)['t']) >= tonumber(ARGV[2]) then return 0 end
+if now then
+  local ok, kept = pcall(cjson.decode, now)
+  local t = ok and type(kept) == 'table' and tonumber(kept['t'])
+  if t and t >= tonumber(ARGV[2]) then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
@@ -117,9 +122,16 @@ class LiveWords(BatchedHandler):
         ]  # fmt: skip
 
     def _state(self, segment_id: str) -> tuple[bool, dict]:
-        """Whether the utterance's transcript is written (by any replica), and its live state."""
+        """Whether the utterance's transcript is written (by any replica), and its live state (none
+        when it cannot be read: the live words start over, and the decode writes a good one)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(done_of(self.group, AudioSegmentMessage, segment_id))
             pipe.get(TranscriberKeys.live(segment_id))
             done, raw = pipe.execute()
-        return bool(done), json.loads(raw) if raw else {}
+        try:
+            state = json.loads(raw) if raw else {}
+            words = [[str(w) for w in state.get(k, [])] for k in ("words", "stable")]
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("segment=%s live state unreadable (%s); starting it over", segment_id, exc)
+            return bool(done), {}
+        return bool(done), dict(zip(("words", "stable"), words, strict=True))

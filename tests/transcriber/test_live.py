@@ -1,6 +1,7 @@
 """Live words from partial audio: real tiny.en, real espeak-ng speech, a real redis-server."""
 
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from shared.schemas import (
     TranscriptMessage,
 )
 from shared.settings import ServiceSettings
+from shared.streams import TranscriberKeys
 from tests.speech import RATE, speech
 from tests.transcriber.test_transcriber import segment
 
@@ -125,6 +127,20 @@ def test_two_replicas_share_an_utterances_agreement(
     now = time.time()
     assert b(late.model_copy(update={"t_end": now}))
     assert a(early.model_copy(update={"t_end": now - 0.5})) == [], "older than what is kept: dropped"
+
+
+def test_an_unreadable_live_state_starts_the_utterance_over(
+    r: redis.Redis, whisper: WhisperSpeechModel, tmp_path: Path
+) -> None:
+    """A state key that is not what the transcriber writes (another writer, a bad restore): the
+    partial is still decoded, its words start over, and a readable state replaces the bad one."""
+    first = partials(speech(LONG, tmp_path))[0]
+    key = TranscriberKeys.live(first.segment_id)
+    for junk in (b"\xff not json", b'"a string"', b"[1, 2]", b'{"t": "x", "words": 3}'):
+        r.set(key, junk)
+        [out] = LiveWords(whisper.settings, whisper, r)(first.model_copy(update={"t_end": time.time()}))
+        assert out.pending and not out.stable, (junk, out)
+        assert json.loads(r.get(key))["words"] == out.pending.split(), junk
 
 
 def test_live_words_are_one_greedy_decode_at_one_temperature(whisper: WhisperSpeechModel) -> None:
