@@ -146,15 +146,19 @@ class CaptureHandler:
             return out
 
     def _partial(self) -> list[PartialSegmentMessage]:
-        """Every ``partial_every_s`` of speech going on, the utterance so far, for live words. None
-        while the speech pauses: the pause may be its end, and the segment, cut ``min_silence_ms``
-        into it, would then wait for that partial's decode at the transcriber."""
+        """Every ``partial_every_s`` of speech going on, the utterance so far, for live words; and
+        once as it pauses, if half that was said since the last, so that the words before the
+        pause are decoded while the VAD waits ``min_silence_ms`` to tell its end. None later in
+        the pause: the segment, cut then, would wait for that partial's decode."""
         every = int(self.settings.vad.partial_every_s * SAMPLE_RATE)
-        start = self.segmenter.speech_start
-        if not every or start is None or self.segmenter.pos - max(start, self.partial_at) < every:
+        start, pause = self.segmenter.speech_start, self.segmenter.silence_since
+        if not every or start is None:
             return []
-        if self.segmenter.silence_since is not None:
-            return []  # due, but sent only once speech goes on
+        since = max(start, self.partial_at)
+        if pause is None and self.segmenter.pos - since < every:
+            return []
+        if pause is not None and (self.partial_at >= pause or pause - since < every // 2):
+            return []
         self.partial_at = self.segmenter.pos
         so_far = self.segmenter.so_far()
         assert so_far is not None
