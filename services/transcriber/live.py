@@ -37,9 +37,8 @@ log = logging.getLogger(__name__)
 LIVE = Counter("convo_transcriber_partials_total", "Partial segments, by outcome", ["outcome"])
 KEEP_S = 120
 """How long an utterance's live state outlives its last partial (an utterance is at most 30 s)."""
-# Write the state only over an older one: a slower replica's decode of an earlier partial
-# must not take the stable words of a later one back.
-# A kept state that cannot be read is written over.
+# Write the state only over an older one (or one that cannot be read): a slower replica's
+# decode of an earlier partial must not take the stable words of a later one back.
 NEWER_SCRIPT = """
 local now = redis.call('GET', KEYS[1])
 if now then
@@ -99,13 +98,13 @@ class LiveWords(BatchedHandler):
             else ""
         )  # fmt: skip
         if not outcome:
-            done, state = self._state(msg.segment_id)
+            done, previous, stable = self._state(msg.segment_id)
             outcome = "after its segment" if done else ""
         if outcome:
             LIVE.labels(outcome).inc()
             return []
         words = self.model.quick(audio, self.hotwords(msg.session) if self.hotwords else None).text.split()
-        stable = agree(state.get("stable", []), state.get("words", []), words)
+        stable = agree(stable, previous, words)
         kept = {"t": msg.t_end, "words": words, "stable": stable}
         if not self._newer(
             keys=[TranscriberKeys.live(msg.segment_id)], args=[json.dumps(kept), msg.t_end, KEEP_S]
@@ -121,17 +120,18 @@ class LiveWords(BatchedHandler):
             )
         ]  # fmt: skip
 
-    def _state(self, segment_id: str) -> tuple[bool, dict]:
-        """Whether the utterance's transcript is written (by any replica), and its live state (none
-        when it cannot be read: the live words start over, and the decode writes a good one)."""
+    def _state(self, segment_id: str) -> tuple[bool, list[str], list[str]]:
+        """Whether the utterance's transcript is written (by any replica), and its live state: the
+        last decode's words and the stable ones (none when it cannot be read: the live words start
+        over, and this decode writes a good state)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(done_of(self.group, AudioSegmentMessage, segment_id))
             pipe.get(TranscriberKeys.live(segment_id))
             done, raw = pipe.execute()
         try:
             state = json.loads(raw) if raw else {}
-            words = [[str(w) for w in state.get(k, [])] for k in ("words", "stable")]
+            previous, stable = ([str(w) for w in state.get(k, [])] for k in ("words", "stable"))
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("segment=%s live state unreadable (%s); starting it over", segment_id, exc)
-            return bool(done), {}
-        return bool(done), dict(zip(("words", "stable"), words, strict=True))
+            return bool(done), [], []
+        return bool(done), previous, stable

@@ -62,11 +62,11 @@ def test_transcriber_replicas_share_live_words_under_their_user(acl_server: Redi
     already transcribed (its own done record) work as the transcriber's user; no decode is needed."""
     transcriber = client_of(acl_server, "transcriber")
     live = LiveWords(WhisperSettings(), None, transcriber)  # type: ignore[arg-type]
-    assert live._state("seg-1") == (False, {"words": [], "stable": []})
+    assert live._state("seg-1") == (False, [], [])
     assert live._newer(keys=[TranscriberKeys.live("seg-1")], args=['{"t": 2.0, "words": ["Hi"]}', 2.0, 60])
     assert not live._newer(keys=[TranscriberKeys.live("seg-1")], args=['{"t": 1.0}', 1.0, 60])
     transcriber.set(done_of("transcriber", AudioSegmentMessage, "seg-1"), 1)
-    assert live._state("seg-1") == (True, {"words": ["Hi"], "stable": []})
+    assert live._state("seg-1") == (True, ["Hi"], [])
     with pytest.raises(redis.exceptions.NoPermissionError):
         transcriber.set(MemoryKeys.context("s"), "[]")  # the hotwords are memory's to write
 
