@@ -146,18 +146,16 @@ class CaptureHandler:
             return out
 
     def _partial(self) -> list[PartialSegmentMessage]:
-        """Every ``partial_every_s`` of speech going on, the utterance so far, for live words; and
-        once as it pauses, if half that was said since the last, so that the words before the
-        pause are decoded while the VAD waits ``min_silence_ms`` to tell its end. None later in
-        the pause: the segment, cut then, would wait for that partial's decode."""
+        """Every ``partial_every_s`` of speech going on, the utterance so far, for live words; none
+        once the speech has paused for ``speech_pad_ms`` (longer than the gap between words): the
+        pause may be the utterance's end, and its segment, cut ``min_silence_ms`` into it, would
+        wait at the transcriber for that partial's decode. One that falls due then goes when
+        speech resumes."""
         every = int(self.settings.vad.partial_every_s * SAMPLE_RATE)
         start, pause = self.segmenter.speech_start, self.segmenter.silence_since
-        if not every or start is None:
+        if not every or start is None or self.segmenter.pos - max(start, self.partial_at) < every:
             return []
-        since = max(start, self.partial_at)
-        if pause is None and self.segmenter.pos - since < every:
-            return []
-        if pause is not None and (self.partial_at >= pause or pause - since < every // 2):
+        if pause is not None and self.segmenter.pos - pause >= self.segmenter.pad:
             return []
         self.partial_at = self.segmenter.pos
         so_far = self.segmenter.so_far()

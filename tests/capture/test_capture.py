@@ -273,10 +273,10 @@ def test_a_fast_replay_of_a_recording_ends_now_not_in_the_future(
 def test_speech_going_on_is_sent_as_partials_of_the_segment_it_becomes(
     r: redis.Redis, capture_settings: CaptureSettings, vad: SileroVadModel, tmp_path: Path
 ) -> None:
-    """While someone speaks, the audio so far goes out every ``partial_every_s``, and once at the
-    start of a pause when half that has been said since the last, named after the segment it
-    will be written as; the segment itself is unchanged. None goes out later in a pause: the
-    segment may be cut any moment, and would wait for the partial's decode."""
+    """While someone speaks, the audio so far goes out every ``partial_every_s``, named after the
+    segment it will be written as; the segment itself is unchanged. None goes out once a pause
+    has lasted ``speech_pad_ms``: the segment may be cut any moment, and would wait for the
+    partial's decode."""
     long = speech("I have been working on the payments service for years, mostly on rate limits.", tmp_path)
     short = speech("Nice.", tmp_path)
     audio = np.concatenate([SILENCE_2S[: RATE // 2], long, SILENCE_2S, short, SILENCE_2S])
@@ -286,22 +286,23 @@ def test_speech_going_on_is_sent_as_partials_of_the_segment_it_becomes(
     partials = [PartialSegmentMessage.from_fields(f) for _, f in r.xrange("audio:partials")]
     assert {p.segment_id for p in partials} == {first.segment_id}, "the short one is over before a second"
     seconds = first.t_end - first.t_start  # speech, the pauses' pads, and partials until it is cut
-    assert 3 <= seconds - 1 <= len(partials) <= 2 * seconds, (len(partials), seconds)
+    assert 3 <= seconds - 1 <= len(partials) <= seconds + 0.5, (len(partials), seconds)
     ends = [p.t_end - runner.handler.t0 for p in partials]
-    assert all(0.5 - 0.04 <= b - a <= 1.0 + 0.04 for a, b in itertools.pairwise(ends)), ends
+    assert all(b - a == pytest.approx(1.0, abs=0.04) for a, b in itertools.pairwise(ends)), ends
     assert all(p.t_start == first.t_start and p.t_end < first.t_end for p in partials)
     last = np.frombuffer(partials[-1].audio, "<i2")
     assert np.array_equal(last, np.frombuffer(first.audio, "<i2")[: len(last)]), "the same audio, so far"
     assert len({p.partial_id for p in partials}) == len(partials)
 
     r.flushdb()
-    capture_settings.vad = VadSettings(partial_every_s=0.25)
+    capture_settings.vad = VadSettings(partial_every_s=0.1)
     capture_settings.session = "often"
     runner = replay(r, capture_settings, vad, write_wav(tmp_path / "long.wav", audio))
     often = [PartialSegmentMessage.from_fields(f) for _, f in r.xrange("audio:partials")]
     ends = [p.t_end - runner.handler.t0 for p in often if p.segment_id == segments(r)[0].segment_id]
     spoken_until = 0.5 + voiced_span(long)[1]
-    assert len(ends) > 10 and max(ends) < spoken_until + 0.25, "none in the pause that ends it"
+    # the VAD hears the pause within about 0.1 s, and the segment is cut 0.5 s into it
+    assert len(ends) > 10 and max(ends) < spoken_until + 0.3, "none late in the pause that ends it"
 
     r.flushdb()
     capture_settings.vad = VadSettings(partial_every_s=0)
