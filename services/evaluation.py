@@ -308,7 +308,7 @@ class Evaluation:
         self._run_stages()
         time.sleep(GAP_S + 0.2)  # the scene's conversation goes quiet
         self._run_stages()
-        return self.score(scene, before, persons, started, them_said)
+        return self.score(scene, before, persons, started, capture.session, them_said)
 
     def _enroll(self, recordings: list[str]) -> None:
         """``convo wearer enroll`` for the scene's wearer."""
@@ -380,12 +380,13 @@ class Evaluation:
         return [f for _, f in self.redis.xrange(stream)][since:]
 
     def score(
-        self, scene: Scene, before: dict[str, int], persons: set[str], started: float,
+        self, scene: Scene, before: dict[str, int], persons: set[str], started: float, session: str,
         them_said: float | None = None,
     ) -> Score:  # fmt: skip
-        """``them_said``: the capture time at which the first line not the wearer's ended."""
+        """``session``: the scene's capture session; ``them_said``: the capture time at which the
+        first line not the wearer's ended."""
         out = Score(scene.name)
-        cards = self._shown(before["recalls"], started)
+        cards = self._shown(before["recalls"], started, session)
         encounters = [EncounterMessage.from_fields(f) for f in self._new("encounters", before["encounters"])]
         heard = " ".join(
             TranscriptMessage.from_fields(f).text for f in self._new("transcripts", before["transcripts"])
@@ -418,19 +419,24 @@ class Evaluation:
             out.s_to_card = right[0].t - heard
         return out
 
-    def _shown(self, since_entry: int, started: float) -> list[Shown]:
+    def _shown(self, since_entry: int, started: float, session: str) -> list[Shown]:
         """What the overlay showed during the scene: each card that came on screen, once, from the
-        page in Chromium when there is one, else from the ``recalls`` stream (when written)."""
+        page in Chromium when there is one, else from the ``recalls`` stream (when written). Only
+        the scene's own cards count: one of the scene before that is still up, or redrawn, does
+        not (its recall is of another capture session)."""
+        recalls = [
+            (eid, c)
+            for eid, f in self.redis.xrange("recalls")[since_entry:]
+            for c in [RecallMessage.from_fields(f)]
+            if c.recall_id.startswith(f"{session}-")
+        ]
         if self.page is None:
-            return [
-                Shown(int(eid.split(b"-")[0]) / 1000, c.person_id, True, c.summary)
-                for eid, f in self.redis.xrange("recalls")[since_entry:]
-                for c in [RecallMessage.from_fields(f)]
-            ]
+            return [Shown(int(eid.split(b"-")[0]) / 1000, c.person_id, True, c.summary) for eid, c in recalls]
         time.sleep(0.5)  # the page's event stream polls Redis every 100 ms
+        mine = {c.person_id for _, c in recalls}
         shown, last = [], ("", False)
         for change in self.page.cards(since=started):
-            if (change.person, change.shown) != last and change.shown and change.person:
+            if (change.person, change.shown) != last and change.shown and change.person in mine:
                 shown.append(change)
             last = (change.person, change.shown)
         return shown
