@@ -181,8 +181,8 @@ def main() -> None:
                 proc.wait(30)
         to_text, split_text = text_latency(client, [t0 + hi for _, hi in spans], texts)
         to_card, split_card = card_latency(client, [t0 + s for s in starts], cards)
-        queued(split_text, "transcriber", handling[("transcriber", "audio:segments")])
-        queued(split_card, "face", handling[("face", "frames")])
+        split_text = queued(split_text, "transcriber", handling[("transcriber", "audio:segments")])
+        split_card = queued(split_card, "face", handling[("face", "frames")])
         to_word = word_latency(client, [(t0 + lo, t0 + hi) for lo, hi in spans], texts)
         splits = {"speech end -> text": split_text, "face -> card": split_card}
         print_figures(to_text, to_card, to_word, splits, client.xlen("encounters"))
@@ -282,17 +282,16 @@ def handler_means(ports: Iterable[int]) -> dict[tuple[str, str], float]:
     return out
 
 
-def queued(split: Split, stage: str, handled: float) -> None:
-    """Split a stage's mean into its wait for the stage (queue) and the handler's own work."""
-    parts = {}
+def queued(split: Split, stage: str, handled: float) -> Split:
+    """The split with a stage's time cut into its wait for the stage (queue) and the handler's own work."""
+    out: Split = {}
     for name, values in split.items():
-        if name == stage:
-            parts[f"{stage} queue"] = [max(0.0, w - handled) for w in values]
-            parts[f"{stage} work"] = [min(w, handled) for w in values]
-        else:
-            parts[name] = values
-    split.clear()
-    split.update(parts)
+        if name != stage:
+            out[name] = values
+            continue
+        out[f"{stage} queue"] = [max(0.0, w - handled) for w in values]
+        out[f"{stage} work"] = [min(w, handled) for w in values]
+    return out
 
 
 def print_figures(

@@ -84,6 +84,7 @@ class Committer:
     """Runs the commit script on one client (sync or asyncio) with one done-key lifetime."""
 
     def __init__(self, client: redis.Redis | Any, ttl_s: int) -> None:
+        self.client = client
         self.script = client.register_script(COMMIT_SCRIPT)
         self.ttl_s = ttl_s
 
@@ -98,7 +99,7 @@ class Committer:
         Each answer is its value or the error Redis gave for it: the entries read are delivered
         to ``consumer`` whether or not the commit went through."""
         payload = commit_payload(self.ttl_s, work, acks)
-        with self.script.registered_client.pipeline(transaction=False) as pipe:
+        with self.client.pipeline(transaction=False) as pipe:
             pipe.evalsha(self.script.sha, 0, payload)
             pipe.xreadgroup(group, consumer, streams, count=count)
             written, read = pipe.execute(raise_on_error=False)

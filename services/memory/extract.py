@@ -69,6 +69,8 @@ NOT_NAMES = {
 }
 
 
+SELF = "I'm|I am|my name is|call me"
+"""Lead-ins of the speaker's own name."""
 INTRODUCING = "this is|meet"
 """Lead-ins of a name that one person gives another: "Alex, this is Priya", "meet Tom"."""
 
@@ -78,7 +80,7 @@ def introduces_another(transcript: str, name: str) -> bool:
     own ("I'm Priya Shah")."""
     said = re.escape(name)
     return bool(re.search(rf"\b(?i:{INTRODUCING})\s+{said}", transcript)) and not re.search(
-        rf"\b(?i:I'm|I am|my name is|call me)\s+{said}", transcript
+        rf"\b(?i:{SELF})\s+{said}", transcript
     )
 
 
@@ -89,7 +91,7 @@ class RulesExtractor:
         names = [
             m.group(1)
             # Only the lead-in ignores case: with re.I the name pattern took "my colleague" for a name.
-            for m in re.finditer(rf"\b(?i:I'm|I am|my name is|call me|{INTRODUCING})\s+{NAME}", transcript)
+            for m in re.finditer(rf"\b(?i:{SELF}|{INTRODUCING})\s+{NAME}", transcript)
             if m.group(1).split()[0] not in NOT_NAMES and m.group(1) != wearer
         ]
         company = self._first(rf"\b{NAME} from {ORG}", transcript, group=2) or self._first(

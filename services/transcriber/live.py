@@ -67,15 +67,13 @@ class LiveWords(BatchedHandler):
 
     def __init__(
         self, settings: WhisperSettings, model: WhisperSpeechModel, client: redis.Redis,
-        hotwords: Callable[[str], str | None] | None = None, group: str = Groups.TRANSCRIBER,
+        hotwords: Callable[[str], str | None] | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.model = model
         self.redis = client
         self.hotwords = hotwords
         """The session's hotwords (the transcriber's :meth:`TranscriberHandler.hotwords`)."""
-        self.group = group
-        """The group that writes the segments' transcripts: its done record ends an utterance's live words."""
         self._newer = client.register_script(NEWER_SCRIPT)
 
     def handle_batch(
@@ -125,7 +123,9 @@ class LiveWords(BatchedHandler):
         last decode's words and the stable ones (none when it cannot be read: the live words start
         over, and this decode writes a good state)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(done_of(self.group, AudioSegmentMessage, segment_id))
+            pipe.exists(
+                done_of(Groups.TRANSCRIBER, AudioSegmentMessage, segment_id)
+            )  # its transcript's record
             pipe.get(TranscriberKeys.live(segment_id))
             done, raw = pipe.execute()
         try:
