@@ -143,8 +143,9 @@ def test_hotwords_help_a_name_through_and_do_not_derail_the_rest(whisper: Whispe
 
 
 def test_hotwords_are_given_as_a_list_of_terms(whisper: WhisperSpeechModel) -> None:
-    """Run together, the context reads as a sentence and tiny.en loses the company in a greeting;
-    as the comma-separated terms the handler passes, it is heard."""
+    """The handler passes the context as comma-separated terms, and with them the company in a
+    greeting is heard. (Run together as "Grace Kim Nvidia", tiny.en lost it on some CPUs and not
+    on others, so that contrast is not asserted: beam search differs with the SIMD the CPU has.)"""
     from services.capture.demo import speak
 
     settings = WhisperSettings(vocabulary=["Nvidia"])
@@ -153,7 +154,6 @@ def test_hotwords_are_given_as_a_list_of_terms(whisper: WhisperSpeechModel) -> N
     settings.vocabulary = ["Grace", "Kim", "Nvidia", "Grace"]
     assert handler.hotwords("no-context") == "Grace, Kim, Nvidia"
     grace = speak("en-us+f2", "Hi again Grace, how is Nvidia treating you?")
-    assert "Nvidia" not in whisper.predict(grace, "Grace Kim Nvidia").text
     assert "Nvidia" in whisper.predict(grace, handler.hotwords("no-context")).text
 
 
