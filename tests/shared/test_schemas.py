@@ -115,7 +115,7 @@ def transcript_fields() -> dict[bytes, bytes]:
         (lambda f: f.update({b"v": b"2"}), "unknown schema version v=b'2'"),
         (lambda f: f.pop(b"v"), "missing schema version"),
         (lambda f: f.update({b"text": b"x" * 2000}), "over the limit of 1000"),
-        (lambda f: f.update({b"text": b"\xff\xfe"}), "unreadable"),
+        (lambda f: f.update({b"text": b"\xff\xfe"}), "text: Input should be a valid string, unable to parse"),
         (lambda f: f.update({b"segment_id": b"../../etc"}), "segment_id: String should match"),
         (lambda f: f.update({b"extra": b"1"}), "extra: Extra inputs are not permitted"),
     ],
@@ -135,3 +135,12 @@ def test_bad_entries_are_refused_with_a_clear_error(change, error: str) -> None:
     change(fields)
     with pytest.raises(BadMessageError, match=re.escape(error)):
         TranscriptMessage.from_fields(fields, max_field_bytes=1000)
+
+
+@pytest.mark.parametrize("bbox", [b"[1,2,\xff]", b"[1,2,", b"not json"])
+def test_an_unreadable_list_field_is_refused_by_name(bbox: bytes) -> None:
+    face = next(m for m in SAMPLES if isinstance(m, FaceMessage))
+    fields = {k.encode(): v.encode() if isinstance(v, str) else v for k, v in face.to_fields().items()}
+    fields[b"bbox"] = bbox
+    with pytest.raises(BadMessageError, match="FaceMessage: field 'bbox' is unreadable"):
+        FaceMessage.from_fields(fields)
