@@ -247,12 +247,16 @@ class MemoryHandler:
     def _heard_voice(self, msg: VoiceMessage, pid: str, score: float) -> list[RecallMessage]:
         """A known person's voice. In view, it adds to their evidence (the face that speaks ranks
         first in a group) and the conversation's. Out of view, their card says "by voice", unless
-        someone else known is in view: a face and a voice that disagree make no card."""
+        someone else known is in view, or a face in view may be someone else known (it scores
+        borderline against them): a face and a voice that disagree make no card."""
         view = self.settings.view
         weight = self.settings.voice_match.weight * view.known_bonus
         ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
         in_view = {s.pid for s in ranked}
         others_known = set(self._known_in_view(ranked)) - {pid}
+        maybe = self.views.maybes(msg.session, msg.t_end - view.view_s)
+        if pid not in maybe:
+            others_known |= set(maybe)  # a face in view may be one of them, and not this voice's
         if pid not in in_view and others_known:
             log.info(
                 "segment=%s voice=%s outcome=disagrees faces=%s", msg.segment_id, pid, sorted(others_known)

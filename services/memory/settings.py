@@ -91,6 +91,10 @@ class VoiceMatchSettings(SettingsGroup):
     views, stricter than the wearer's: a wrong "by voice" card is worse than none."""
     margin: float = Field(0.05, ge=0, lt=1)
     """...and beats the runner-up person by this much."""
+    same_voice: float = Field(0.74, gt=0, lt=1)
+    """Two of the other side's lines in one conversation are one voice when they score at least
+    this against each other. Only the lines of its one voice become the person's voice views: with
+    several people talking, a line of another would make their voice the person's."""
     min_speech_s: float = Field(1.0, ge=0)
     """Shorter lines neither name anyone by voice nor become a voice view."""
     max_views: int = Field(12, ge=1)

@@ -5,7 +5,7 @@ own conversations, so the wearer's voice never becomes anyone else's. The index 
 every voice view, re-read when any person's views change (``convo:persons:voices:version``).
 """
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import redis
@@ -53,3 +53,17 @@ class VoiceIndex:
         if score < self.settings.person_threshold or score - runner_up < self.settings.margin:
             return None, score
         return pid, score
+
+
+def one_voice(prints: Mapping[str, np.ndarray], same: float) -> set[str]:
+    """The lines of a conversation's other side that are one voice: those that score ``same``
+    against the line most like the others, when they are more than half of the lines. When the
+    voices split evenly (two people, a line each), it is not known whose is whose: none."""
+    if len(prints) < 2:
+        return set(prints)
+    ids = list(prints)
+    vectors = np.stack([prints[i] for i in ids])
+    scores = vectors @ vectors.T
+    centre = int(np.argmax(scores.sum(axis=1)))
+    agree = {i for i, score in zip(ids, scores[centre].tolist(), strict=True) if score >= same}
+    return agree if 2 * len(agree) > len(ids) else set()

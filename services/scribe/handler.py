@@ -20,7 +20,7 @@ from services.memory.person_store import PersonStore
 from services.memory.recall import encounter_summary
 from services.memory.settings import MemorySettings
 from services.memory.view import named, pick
-from services.memory.voices import VoiceIndex
+from services.memory.voices import VoiceIndex, one_voice
 from services.memory.wearer import ME, THEM
 from shared.consumer import done_of
 from shared.schemas import ConversationMessage, EncounterMessage, StreamMessage
@@ -162,15 +162,21 @@ class Scribe:
         return None
 
     def _keep_voices(self, c: Closing, pid: str, speakers: list[str]) -> None:
-        """The other person's lines become their voice views, leaving out any voice that is
-        another known person's (someone else in the group spoke)."""
+        """The other person's lines become their voice views: those of the one voice that most of
+        them share (:func:`one_voice`), leaving out any voice that is another known person's
+        (someone else in the group spoke)."""
         theirs = [s["id"] for s, who in zip(c.segments, speakers, strict=True) if who == THEM]
-        prints = self.conversations.take_voiceprints(c.session, theirs)
+        prints = {
+            sid: np.frombuffer(data, "<f4")
+            for sid, data in self.conversations.take_voiceprints(c.session, theirs).items()
+        }
+        one = one_voice(prints, self.settings.voice_match.same_voice)
+        if len(one) < len(prints):
+            log.info("person=%s outcome=voices-split lines=%d one-voice=%d", pid, len(prints), len(one))
         views = {
-            f"{int(s['t_start'] * 1000)}-{s['id']}": prints[s["id"]]
+            f"{int(s['t_start'] * 1000)}-{s['id']}": prints[s["id"]].tobytes()
             for s in c.segments
-            if s["id"] in prints
-            and self.voices.match(np.frombuffer(prints[s["id"]], "<f4"))[0] in (None, pid)
+            if s["id"] in one and self.voices.match(prints[s["id"]])[0] in (None, pid)
         }
         kept = self.store.repo.add_voices(pid, views, self.settings.voice_match.max_views)
         if views:

@@ -60,7 +60,7 @@ def test_voice_scenes_name_a_speaker_out_of_frame_only_with_the_voice_stage(tmp_
     """Real recorded voices: the card reader met face to face, then heard with no one in view.
     With the voice stage her card shows (by voice) and the conversation is hers; without it,
     neither."""
-    for name in ("19-meet-the-card-reader.yaml", "20-the-card-reader-out-of-frame.yaml"):
+    for name in ("23-meet-the-card-reader.yaml", "24-the-card-reader-out-of-frame.yaml"):
         shutil.copy(SCENES / name, tmp_path / name)
     met, heard = evaluate(tmp_path).scores
     assert (met.identity, met.attribution) == (1.0, 1.0), met.notes

@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 from services.capture.demo import speak
 from services.cli import app
+from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
 from services.memory.settings import MemorySettings
+from services.memory.view import Views
 from services.scribe.handler import Scribe
 from services.voice.handler import VoiceHandler
 from services.voice.model import VoiceEncoderModel
@@ -20,8 +22,10 @@ from shared.consumer import Consumer
 from shared.schemas import AudioSegmentMessage, FaceMessage, RecallMessage, TranscriptMessage, VoiceMessage
 from shared.settings import ServiceSettings
 from shared.streams import MemoryKeys
+from tests.face.conftest import photo
 from tests.memory.test_conversations import encounters, face
-from tests.memory.test_memory_service import line, scribe_loop
+from tests.memory.test_identity import glimpse
+from tests.memory.test_memory_service import faces_of, line, scribe_loop
 from tests.speech import write_wav
 from tests.voice.test_voice import segment
 
@@ -312,3 +316,56 @@ def test_merge_moves_voice_views_and_the_voice_then_names_the_kept_person(
     assert r.smembers(MemoryKeys.VOICED) == {keep.encode()}
     audio, _ = readers["cards-reader"][2]
     assert handler.voices.match(voice_model.embed(audio)[0])[0] == keep
+
+
+def test_only_the_one_voice_of_a_conversation_becomes_its_persons(
+    r: redis.Redis, memory_settings: MemorySettings, voice_model: VoiceEncoderModel,
+    readers: Readers, enrolled: int, embeddings: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """A friend of Sarah's chimes in while only Sarah is in view. With a line each, whose voice is
+    whose is not known: Sarah gets neither. With two lines of hers and one of the friend's, hers
+    become her voice views: her voice later names her, the friend's does not."""
+    cards = readers["cards-reader"]
+    chime = "We play on the same team every weekend, rain or shine."
+    friend = speak("en-gb", chime)
+    t = time.time() - 900
+    first = [(cards[1][0], "Hi, I'm Sarah Chen from Stripe."), (friend, chime)]
+    converse(r, memory_settings, voice_model, "met", t, first, [face("met", "met-f1", embeddings["t1-2"], t)])
+    sarah = next(e.person_id for e in encounters(r) if e.session == "met")
+    assert r.hlen(MemoryKeys.voices(sarah)) == 0, "two voices, a line each: neither is hers"
+
+    t2 = t + 100
+    again = [(cards[3][0], "Good to see you again."), (friend, chime), (cards[4][0], "I work on payments.")]
+    converse(
+        r,
+        memory_settings,
+        voice_model,
+        "again",
+        t2,
+        again,
+        [face("again", "again-f1", embeddings["t1-2"], t2)],
+    )
+    assert [e.person_id for e in encounters(r) if e.session == "again"] == [sarah]
+    assert r.hlen(MemoryKeys.voices(sarah)) == 2, "her two lines, not the friend's"
+
+    converse(r, memory_settings, voice_model, "friend", t + 300, [(friend, chime)])
+    assert not cards_of(r, "friend"), "the friend's voice is not Sarah's"
+    converse(r, memory_settings, voice_model, "her", t + 400, [(cards[2][0], "Over here!")])
+    assert [(c.person_id, c.note) for c in cards_of(r, "her")][:1] == [(sarah, "by voice")]
+
+
+def test_a_known_voice_makes_no_card_beside_a_face_that_may_be_someone_else(
+    r: redis.Redis, memory_settings: MemorySettings, voice_model: VoiceEncoderModel,
+    readers: Readers, enrolled: int, embeddings: dict[str, np.ndarray], face_pack: FacePackModel,
+) -> None:  # fmt: skip
+    """Sarah's voice is known. Tom, known by his face, is across the room, too far off to be sure
+    of, while her voice speaks: the face may be Tom's, so a face and a voice may disagree, and
+    no card shows, neither hers "by voice" nor a stranger's."""
+    cards = readers["cards-reader"]
+    t = time.time() - 900
+    sarah = meet_sarah(r, memory_settings, voice_model, readers, embeddings, t)
+    tom = meet_tom(r, memory_settings, voice_model, readers, embeddings, t + 100)
+    far = faces_of(face_pack, glimpse(photo("astronaut")), "far", "far-f1", t + 400)
+    converse(r, memory_settings, voice_model, "far", t + 400, [(cards[2][0], "Over here!")], far)
+    assert tom in set(Views(r).maybes("far", 0)), "the face far off scored borderline against Tom"
+    assert not cards_of(r, "far"), [(c.person_id == sarah, c.note) for c in cards_of(r, "far")]
