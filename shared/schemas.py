@@ -98,7 +98,7 @@ class StreamMessage(BaseModel):
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes], max_field_bytes: int = 8 << 20) -> Self:
         """Parse an entry read from Redis; any problem raises :class:`BadMessageError`."""
-        raw = {k.decode("utf-8", "replace"): val for k, val in fields.items()}
+        raw: dict[str, Any] = {k.decode("utf-8", "replace"): val for k, val in fields.items()}
         version = raw.get("v")
         if version is None:
             raise BadMessageError(f"{cls.__name__}: missing schema version field 'v'")
@@ -115,16 +115,15 @@ class StreamMessage(BaseModel):
             )
         # Text and numbers go to pydantic as the bytes read: it decodes UTF-8 and parses numbers
         # itself, faster than a decode here (bench/bus.py), and names a field that is not UTF-8.
-        data: dict[str, Any] = raw
         for name in cls.json_fields():
-            if name not in data:
+            if name not in raw:
                 continue
             try:
-                data[name] = json.loads(data[name].decode("utf-8"))
+                raw[name] = json.loads(raw[name].decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise BadMessageError(f"{cls.__name__}: field {name!r} is unreadable: {exc}") from exc
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(raw)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in exc.errors())
             raise BadMessageError(f"{cls.__name__}: {problems}") from None

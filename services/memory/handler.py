@@ -254,9 +254,10 @@ class MemoryHandler:
         ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
         in_view = {s.pid for s in ranked}
         others_known = set(self._known_in_view(ranked)) - {pid}
-        maybe = self.views.maybes(msg.session, msg.t_end - view.view_s)
-        if pid not in maybe:
-            others_known |= set(maybe)  # a face in view may be one of them, and not this voice's
+        if pid not in in_view:
+            maybe = self.views.maybes(msg.session, msg.t_end - view.view_s)
+            if pid not in maybe:
+                others_known |= set(maybe)  # a face in view may be one of them, and not this voice's
         if pid not in in_view and others_known:
             log.info(
                 "segment=%s voice=%s outcome=disagrees faces=%s", msg.segment_id, pid, sorted(others_known)

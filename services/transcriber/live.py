@@ -123,9 +123,8 @@ class LiveWords(BatchedHandler):
         last decode's words and the stable ones (none when it cannot be read: the live words start
         over, and this decode writes a good state)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(
-                done_of(Groups.TRANSCRIBER, AudioSegmentMessage, segment_id)
-            )  # its transcript's record
+            # the done record of its segment: its transcript is written
+            pipe.exists(done_of(Groups.TRANSCRIBER, AudioSegmentMessage, segment_id))
             pipe.get(TranscriberKeys.live(segment_id))
             done, raw = pipe.execute()
         try:
