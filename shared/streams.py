@@ -199,6 +199,13 @@ class MemoryKeys:
         return f"{KEY_PREFIX}:session:{session}:voiced"
 
     @staticmethod
+    def heard_with(session: str) -> str:
+        """HASH person -> float32 voice embeddings (the newest few, end to end): the other side's
+        voice heard while this person's face was the only one in the session's view. In a group
+        it tells whose face speaks, a stranger's too."""
+        return f"{KEY_PREFIX}:session:{session}:heard-with"
+
+    @staticmethod
     def speaking(session: str) -> str:
         """STRING: when the utterance capture is still cutting began (wall clock); set while
         the session's speech goes on, deleted once its segment is written. Its TTL covers a

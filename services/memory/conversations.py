@@ -184,6 +184,10 @@ class Conversations:
             pipe.expire(key, SPEAKERS_TTL_S)
             pipe.execute()
 
+    def voiceprint_of(self, session: str, segment_id: str) -> bytes | None:
+        """The other person's voice in a segment, if the voice stage has been heard from."""
+        return self.redis.hget(MemoryKeys.voiceprints(session), segment_id)
+
     def take_voiceprints(self, session: str, segment_ids: Sequence[str]) -> dict[str, bytes]:
         """The voiceprints of these segments, removed from the session's keeping."""
         if not segment_ids:

@@ -71,8 +71,9 @@ NOT_NAMES = {
 
 SELF = "I'm|I am|my name is|call me"
 """Lead-ins of the speaker's own name."""
-INTRODUCING = "this is|meet"
-"""Lead-ins of a name that one person gives another: "Alex, this is Priya", "meet Tom"."""
+INTRODUCING = "this is(?: my [a-z]+,?)?|meet(?: my [a-z]+,?)?"
+"""Lead-ins of a name that one person gives another: "Alex, this is Priya", "meet Tom", "this is
+my colleague Ana"."""
 
 
 def introduces_another(transcript: str, name: str) -> bool:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import redis
 from prometheus_client import Counter
 
@@ -77,11 +78,13 @@ class MemoryHandler:
     @property
     def handlers(self) -> dict[type[StreamMessage], Callable[..., list[RecallMessage]]]:
         """What memory consumes, by stream; the consumer handles and writes them in this order:
-        faces first, so that words of a batch find who is in view."""
+        faces first, so that voices and words of a batch find who is in view, and voices before
+        words, so that words find whose voice said them (in real time the voice stage is the
+        faster one anyway)."""
         return {
             FaceMessage: self.on_face,
-            TranscriptMessage: self.on_transcript,
             VoiceMessage: self.on_voice,
+            TranscriptMessage: self.on_transcript,
             PartialTranscriptMessage: self.on_partial,
         }
 
@@ -242,7 +245,38 @@ class MemoryHandler:
         self.conversations.voiceprint(msg.session, msg.segment_id, msg.embedding)
         pid, score = self.voices.match(vector)
         VOICES.labels("match" if pid else "unknown").inc()
-        return self._heard_voice(msg, pid, score) if pid else []
+        return self._heard_voice(msg, pid, score) if pid else self._unknown_voice(msg, vector)
+
+    def _unknown_voice(self, msg: VoiceMessage, vector: np.ndarray) -> list[RecallMessage]:
+        """A voice no known person has. Heard while one face alone is in view, it is most likely
+        that face's, and is kept with it for the session; in a group, the face it was heard with
+        is the one speaking (a face does not show who speaks; a voice does). The speaker holds the
+        moment's evidence, as a known voice does: the one who spoke to the wearer stays the one
+        talked to when a larger face steps into the view."""
+        view = self.settings.view
+        ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
+        if len(ranked) == 1:
+            self.views.heard_with(msg.session, ranked[0].pid, msg.segment_id, msg.embedding)
+        speaker = ranked[0] if len(ranked) == 1 else self._voice_in_view(msg.session, vector, ranked)
+        if speaker is None:
+            return []
+        weight = self.settings.voice_match.weight * (view.known_bonus if speaker.known else 1.0)
+        self.conversations.seen(msg.session, speaker.pid, weight + sum(s.evidence for s in ranked), msg.t_end)
+        self.views.see(msg.session, speaker.pid, msg.t_end, weight, speaker.known, view.view_s)
+        log.info("segment=%s person=%s outcome=voice_in_view", msg.segment_id, speaker.pid)
+        return self._card(msg.session, msg.t_end, msg.segment_id)
+
+    def _voice_in_view(self, session: str, vector: np.ndarray, ranked: list[Sighting]) -> Sighting | None:
+        """The face in a group that ``vector`` is the voice of: a known voice, or one heard while
+        that face was alone in view; ``None`` when no face's voice is known well enough."""
+        if len(ranked) < 2:
+            return None
+        in_view = {s.pid: s for s in ranked}
+        pid, _ = self.voices.match(vector)
+        if pid not in in_view:
+            match = self.settings.voice_match
+            pid = self.views.whose_voice(session, vector, list(in_view), match.same_voice, match.margin)
+        return in_view.get(pid) if pid else None
 
     def _heard_voice(self, msg: VoiceMessage, pid: str, score: float) -> list[RecallMessage]:
         """A known person's voice. In view, it adds to their evidence (the face that speaks ranks
@@ -338,11 +372,20 @@ class MemoryHandler:
         if not intro.name:
             return []
         # The best-ranked person in view with no name yet: beside a friend, who has one, "Hi, I'm
-        # Maya" is the stranger's (the friend's own name said aloud was handled above). A name
-        # given to another ("Alex, this is Priya") is not the speaker's, and the speaker is the
-        # one talking to the wearer, the best-ranked: it goes to someone beside them.
-        if introduces_another(msg.text, intro.name) and len(ranked) > 1:
-            ranked = ranked[1:]
+        # Maya" is the stranger's (the friend's own name said aloud was handled above). When the
+        # voice tells whose face speaks, "I'm Chris" is that face's. A name given to another
+        # ("Alex, this is Priya") is not the speaker's: it goes to someone beside them, the
+        # speaker being the face whose voice it is, else the one talking to the wearer, the
+        # best-ranked.
+        voice = self.conversations.voiceprint_of(msg.session, msg.segment_id)
+        speaker = self._voice_in_view(msg.session, np.frombuffer(voice, "<f4"), ranked) if voice else None
+        if introduces_another(msg.text, intro.name):
+            if speaker is not None:
+                ranked = [s for s in ranked if s.pid != speaker.pid]
+            elif len(ranked) > 1:
+                ranked = ranked[1:]
+        elif speaker is not None:
+            ranked = [speaker]
         introduce = self.store.repo.introduce
         pid = next((s.pid for s in ranked if introduce(s.pid, intro.name, intro.company)), None)
         if pid is None:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from services.memory.repository import text
@@ -183,6 +184,30 @@ class Views:
         """The known persons heard since ``since``, with when they were last heard."""
         return self._since(MemoryKeys.voiced(session), since)
 
+    def heard_with(self, session: str, pid: str, segment_id: str, voice: bytes) -> None:
+        """The other side's voice (a normed float32 embedding), heard in ``segment_id`` while
+        ``pid``'s face was the only one in view: theirs, most likely."""
+        key = MemoryKeys.heard_with(session)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, f"{pid} {segment_id}", voice)
+            pipe.expire(key, 3600)
+            pipe.execute()
+
+    def whose_voice(
+        self, session: str, voice: np.ndarray, pids: Collection[str], same: float, margin: float
+    ) -> str | None:
+        """Which of ``pids`` (faces in view) says ``voice``, by the voices heard while each was alone
+        in view: the best, at least ``same`` and ``margin`` above the next; else ``None``."""
+        best: dict[str, float] = {}
+        for field, data in self.redis.hgetall(MemoryKeys.heard_with(session)).items():
+            pid = text(field).split(" ", 1)[0]
+            if pid in pids and len(data) == voice.nbytes:
+                best[pid] = max(best.get(pid, -1.0), float(np.frombuffer(data, "<f4") @ voice))
+        ranked = sorted(best.items(), key=lambda kv: -kv[1])
+        if not ranked or ranked[0][1] < same or (len(ranked) > 1 and ranked[0][1] - ranked[1][1] < margin):
+            return None
+        return ranked[0][0]
+
     def maybe(self, session: str, pids: Collection[str], t: float, face: str) -> None:
         """A face in view at ``t`` scored borderline against these known persons; ``face`` is the
         person it was given meanwhile (a stranger, most often), or ``""``."""
@@ -219,10 +244,15 @@ class Views:
         return int(seen) >= faces_in_frame
 
     def forget(self, pid: str) -> None:
-        """Remove a person from every session's view, and the card that shows them."""
+        """Remove a person from every session's view, the voices heard with them, and the card
+        that shows them."""
         for pattern in (MemoryKeys.view("*"), MemoryKeys.voiced("*"), MemoryKeys.maybe("*")):
             for key in self.redis.scan_iter(pattern):
                 self.redis.hdel(key, pid)
+        for key in self.redis.scan_iter(MemoryKeys.heard_with("*")):
+            theirs = [f for f in self.redis.hkeys(key) if text(f).split(" ", 1)[0] == pid]
+            if theirs:
+                self.redis.hdel(key, *theirs)
         for key in self.redis.scan_iter(MemoryKeys.card("*")):  # what was heard holds no person id
             if self.redis.hget(key, "pid") == pid.encode():
                 self.redis.delete(key)

@@ -55,6 +55,10 @@ def test_a_name_given_to_another_is_told_from_the_speakers_own() -> None:
     assert introduces_another("Meet Tom, my brother.", "Tom")
     assert not introduces_another("Hi, I'm Priya Shah.", "Priya Shah")
     assert not introduces_another("This is Priya Shah speaking, I'm Priya Shah.", "Priya Shah")
+    assert RulesExtractor().extract("And this is my colleague Ana Lima.").name == "Ana Lima"
+    assert introduces_another("And this is my colleague Ana Lima.", "Ana Lima")
+    assert introduces_another("Meet my teammate, Sam Reed.", "Sam Reed")
+    assert RulesExtractor().extract("This is my first time here.").name is None
 
 
 @pytest.fixture(scope="module")

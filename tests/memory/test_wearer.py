@@ -13,6 +13,7 @@ from services.capture.demo import speak
 from services.cli import app
 from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
+from services.memory.records import Person
 from services.memory.settings import MemorySettings
 from services.memory.view import Views
 from services.scribe.handler import Scribe
@@ -37,8 +38,8 @@ THEIRS = ["I'm Sarah Chen from Stripe.", "I work on payments.", "Nice to meet yo
 def memory_loop(r: redis.Redis, settings: MemorySettings, handler: MemoryHandler) -> Consumer:
     handlers = {
         FaceMessage: handler.on_face,
-        TranscriptMessage: handler.on_transcript,
         VoiceMessage: handler.on_voice,
+        TranscriptMessage: handler.on_transcript,
     }
     return Consumer(r, settings, "memory", handlers, ticker=handler)
 
@@ -131,26 +132,37 @@ def test_without_an_enrolled_voice_no_line_is_marked(
 def converse(
     r: redis.Redis, settings: MemorySettings, voice_model: VoiceEncoderModel, session: str, t: float,
     said: list[tuple[np.ndarray, str]], faces: list[FaceMessage] = (),  # type: ignore[assignment]
+    first: int = 1,
 ) -> MemoryHandler:  # fmt: skip
     """One conversation: the faces in view, then each line's audio and transcript, through the
-    real voice stage and memory, until its encounter is written."""
-    r.sadd(MemoryKeys.SESSIONS, session)
-    for f in faces:
-        r.xadd("faces", f.to_fields())
-    for i, (audio, text) in enumerate(said):
-        seg = segment(audio, f"{session}-a{i + 1}", session)
-        r.xadd(
-            "audio:segments",
-            seg.model_copy(update={"t_start": t + 3 * i, "t_end": t + 3 * i + 2}).to_fields(),
-        )
-        r.xadd("transcripts", line(session, i + 1, text, t + 3 * i).to_fields())
-    stage = VoiceHandler(voice_model.settings, voice_model)
-    Consumer(r, settings, "voice", {AudioSegmentMessage: stage}).run(burst=True)
+    real voice stage and memory, until its encounter is written. ``first``: the number of its
+    first segment (the session's earlier ones come before it)."""
+    hear(r, settings, voice_model, session, t, said, faces, first)
     handler = MemoryHandler(r, settings)
     for _ in range(4):
         memory_then_scribe(r, settings, handler)
         time.sleep(1.1)
     return handler
+
+
+def hear(
+    r: redis.Redis, settings: MemorySettings, voice_model: VoiceEncoderModel, session: str, t: float,
+    said: list[tuple[np.ndarray, str]], faces: list[FaceMessage], first: int,
+) -> None:  # fmt: skip
+    """The faces, then each line's audio and transcript, written; the real voice stage embeds the
+    lines (memory has not handled any of it yet)."""
+    r.sadd(MemoryKeys.SESSIONS, session)
+    for f in faces:
+        r.xadd("faces", f.to_fields())
+    for i, (audio, text) in enumerate(said):
+        seg = segment(audio, f"{session}-a{first + i}", session)
+        r.xadd(
+            "audio:segments",
+            seg.model_copy(update={"t_start": t + 3 * i, "t_end": t + 3 * i + 2}).to_fields(),
+        )
+        r.xadd("transcripts", line(session, first + i, text, t + 3 * i).to_fields())
+    stage = VoiceHandler(voice_model.settings, voice_model)
+    Consumer(r, settings, "voice", {AudioSegmentMessage: stage}).run(burst=True)
 
 
 def meet_sarah(
@@ -369,3 +381,90 @@ def test_a_known_voice_makes_no_card_beside_a_face_that_may_be_someone_else(
     converse(r, memory_settings, voice_model, "far", t + 400, [(cards[2][0], "Over here!")], far)
     assert tom in set(Views(r).maybes("far", 0)), "the face far off scored borderline against Tom"
     assert not cards_of(r, "far"), [(c.person_id == sarah, c.note) for c in cards_of(r, "far")]
+
+
+def two_strangers(
+    session: str, t: float, edge: np.ndarray, front: np.ndarray, frames: int = 3
+) -> list[FaceMessage]:  # fmt: skip
+    """Frames of two faces: ``front`` large in the middle of the view, ``edge`` small at its edge."""
+    boxes = [(front, [240, 160, 400, 320]), (edge, [560, 40, 630, 110])]
+    return [
+        face(session, f"{session}-g{i}", vector, t + i).model_copy(
+            update={"bbox": box, "width": 640, "height": 480, "faces_in_frame": 2,
+                    "face_id": f"{session}-g{i}:{k}"}
+        )
+        for i in range(frames)
+        for k, (vector, box) in enumerate(boxes)
+    ]  # fmt: skip
+
+
+def person_of(r: redis.Redis, settings: MemorySettings, vector: np.ndarray) -> Person:
+    """The person (or candidate) whose views hold this face."""
+    repo = MemoryHandler(r, settings).store.repo
+    return next(repo.get(p) for p in repo.person_ids() if (repo.views(p) @ vector).max() > 0.9)
+
+
+def spoke_alone_then_joined(
+    r: redis.Redis, settings: MemorySettings, voice_model: VoiceEncoderModel, readers: Readers,
+    embeddings: dict[str, np.ndarray], session: str, words: str,
+) -> tuple[Person, Person]:  # fmt: skip
+    """A stranger (the card reader's voice) speaks while alone in view, small at its edge; then
+    another stranger steps into the middle of the view, larger, and the first one says ``words``.
+    Returns (the one who spoke, the one in front)."""
+    cards = readers["cards-reader"]
+    edge, front = embeddings["t1-0"], embeddings["t1-4"]
+    t = time.time() - 900
+    alone = [
+        face(session, f"{session}-f{i}", edge, t + i).model_copy(
+            update={"bbox": [560, 40, 630, 110], "width": 640, "height": 480}
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    # memory alone, no scribe: his voice is the session's, not yet a person's voice view
+    hear(r, settings, voice_model, session, t, [(cards[4][0], "Were you at the game on Sunday?")], alone, 1)
+    memory_loop(r, settings, MemoryHandler(r, settings)).run(burst=True)
+    group = two_strangers(session, t + 4, edge, front)
+    converse(r, settings, voice_model, session, t + 5, [(cards[1][0], words)], group, first=2)
+    return person_of(r, settings, edge), person_of(r, settings, front)
+
+
+def test_a_stranger_introducing_himself_in_a_group_is_the_face_his_voice_was_heard_with(
+    r: redis.Redis, memory_settings: MemorySettings, voice_model: VoiceEncoderModel,
+    readers: Readers, enrolled: int, embeddings: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """He spoke while alone in view; then a teammate stands in front of him. "I'm Chris Doyle",
+    in his voice, names him, not the larger face in the middle (which, by faces alone, is the
+    one talking to the wearer)."""
+    speaker, front = spoke_alone_then_joined(
+        r, memory_settings, voice_model, readers, embeddings, "team", "I'm Chris Doyle, by the way."
+    )
+    assert (speaker.name, front.name) == ("Chris Doyle", "")
+    assert [e.person_id for e in encounters(r) if e.session == "team"][-1] == speaker.id
+
+
+def test_a_stranger_introducing_another_names_the_face_beside_his_own(
+    r: redis.Redis, memory_settings: MemorySettings, voice_model: VoiceEncoderModel,
+    readers: Readers, enrolled: int, embeddings: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """The same two, but he introduces the one in front: "This is my teammate Sam Reed" names
+    the face in front, not his own, though his is the smaller one (by faces alone, the one in
+    front would be taken for the speaker, and the name given to him)."""
+    speaker, front = spoke_alone_then_joined(
+        r, memory_settings, voice_model, readers, embeddings, "intro", "This is my teammate Sam Reed."
+    )
+    assert (speaker.name, front.name) == ("", "Sam Reed")
+
+
+def test_forget_removes_the_voices_heard_with_a_face(
+    r: redis.Redis, memory_settings: MemorySettings, voice_model: VoiceEncoderModel,
+    readers: Readers, enrolled: int, embeddings: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """A voice heard while a face was alone in view is kept with that face for the session, and
+    goes when the person does."""
+    speaker, _ = spoke_alone_then_joined(
+        r, memory_settings, voice_model, readers, embeddings, "gone", "I'm Chris Doyle, by the way."
+    )
+    key = MemoryKeys.heard_with("gone")
+    assert any(f.startswith(speaker.id.encode() + b" ") for f in r.hkeys(key)), r.hkeys(key)
+    MemoryHandler(r, memory_settings).admin.forget(speaker.id)
+    assert not any(f.startswith(speaker.id.encode() + b" ") for f in r.hkeys(key)), r.hkeys(key)
