@@ -200,9 +200,9 @@ class MemoryKeys:
 
     @staticmethod
     def heard_with(session: str) -> str:
-        """HASH person -> float32 voice embeddings (the newest few, end to end): the other side's
-        voice heard while this person's face was the only one in the session's view. In a group
-        it tells whose face speaks, a stranger's too."""
+        """HASH ``<person> <slot>`` -> float32 voice embedding (a few slots per person): the other
+        side's voice heard while this person's face was the only one in the session's view. In a
+        group it tells whose face speaks, a stranger's too."""
         return f"{KEY_PREFIX}:session:{session}:heard-with"
 
     @staticmethod

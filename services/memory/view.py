@@ -14,6 +14,7 @@ someone filling the view while a friend stands at its edge).
 import json
 import math
 import re
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -91,6 +92,9 @@ def rank(view: list[Sighting], now: float, view_s: float, known_bonus: float) ->
     present = [s for s in view if now - s.t <= view_s]
     return sorted(present, key=lambda s: (-s.evidence * (known_bonus if s.known else 1.0), s.pid))
 
+
+HEARD_WITH = 4
+"""Voices kept per face and session, heard while that face was alone in view."""
 
 DOMINANCE = 4.0
 """A stranger is taken for the one talked to over a known person in view only with this many times
@@ -186,10 +190,13 @@ class Views:
 
     def heard_with(self, session: str, pid: str, segment_id: str, voice: bytes) -> None:
         """The other side's voice (a normed float32 embedding), heard in ``segment_id`` while
-        ``pid``'s face was the only one in view: theirs, most likely."""
+        ``pid``'s face was the only one in view: theirs, most likely. A face keeps
+        :data:`HEARD_WITH` of them, in slots picked by the segment (a redelivered one takes its
+        own slot again), so a session's hash stays small however long it goes on."""
+        slot = zlib.crc32(segment_id.encode()) % HEARD_WITH
         key = MemoryKeys.heard_with(session)
         with self.redis.pipeline() as pipe:
-            pipe.hset(key, f"{pid} {segment_id}", voice)
+            pipe.hset(key, f"{pid} {slot}", voice)
             pipe.expire(key, 3600)
             pipe.execute()
 
@@ -198,10 +205,13 @@ class Views:
     ) -> str | None:
         """Which of ``pids`` (faces in view) says ``voice``, by the voices heard while each was alone
         in view: the best, at least ``same`` and ``margin`` above the next; else ``None``."""
+        fields = [(pid, f"{pid} {slot}") for pid in pids for slot in range(HEARD_WITH)]
+        if not fields:
+            return None
         best: dict[str, float] = {}
-        for field, data in self.redis.hgetall(MemoryKeys.heard_with(session)).items():
-            pid = text(field).split(" ", 1)[0]
-            if pid in pids and len(data) == voice.nbytes:
+        found = self.redis.hmget(MemoryKeys.heard_with(session), [f for _, f in fields])
+        for (pid, _), data in zip(fields, found, strict=True):
+            if data is not None and len(data) == voice.nbytes:
                 best[pid] = max(best.get(pid, -1.0), float(np.frombuffer(data, "<f4") @ voice))
         ranked = sorted(best.items(), key=lambda kv: -kv[1])
         if not ranked or ranked[0][1] < same or (len(ranked) > 1 and ranked[0][1] - ranked[1][1] < margin):
@@ -250,9 +260,7 @@ class Views:
             for key in self.redis.scan_iter(pattern):
                 self.redis.hdel(key, pid)
         for key in self.redis.scan_iter(MemoryKeys.heard_with("*")):
-            theirs = [f for f in self.redis.hkeys(key) if text(f).split(" ", 1)[0] == pid]
-            if theirs:
-                self.redis.hdel(key, *theirs)
+            self.redis.hdel(key, *(f"{pid} {slot}" for slot in range(HEARD_WITH)))
         for key in self.redis.scan_iter(MemoryKeys.card("*")):  # what was heard holds no person id
             if self.redis.hget(key, "pid") == pid.encode():
                 self.redis.delete(key)

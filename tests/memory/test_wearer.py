@@ -15,7 +15,7 @@ from services.face.model import FacePackModel
 from services.memory.handler import MemoryHandler
 from services.memory.records import Person
 from services.memory.settings import MemorySettings
-from services.memory.view import Views
+from services.memory.view import HEARD_WITH, Views
 from services.scribe.handler import Scribe
 from services.voice.handler import VoiceHandler
 from services.voice.model import VoiceEncoderModel
@@ -468,3 +468,25 @@ def test_forget_removes_the_voices_heard_with_a_face(
     assert any(f.startswith(speaker.id.encode() + b" ") for f in r.hkeys(key)), r.hkeys(key)
     MemoryHandler(r, memory_settings).admin.forget(speaker.id)
     assert not any(f.startswith(speaker.id.encode() + b" ") for f in r.hkeys(key)), r.hkeys(key)
+
+
+def test_a_face_keeps_a_few_voices_however_long_the_session(
+    r: redis.Redis, voice_model: VoiceEncoderModel, readers: Readers
+) -> None:
+    """A face alone in view for an hour of talk keeps :data:`HEARD_WITH` voices, not one per line,
+    and they still tell its voice (a line not among them) from the wearer's."""
+    stage = VoiceHandler(voice_model.settings, voice_model)
+    theirs = [
+        stage(segment(a, f"s-{i}", "long"))[0].embedding
+        for i, (a, _) in enumerate(readers["cards-reader"][:-1])
+    ]
+    views = Views(r)
+    for i in range(60):
+        views.heard_with("long", "p-1", f"long-a{i}", theirs[i % len(theirs)])
+    assert r.hlen(MemoryKeys.heard_with("long")) == HEARD_WITH
+    reader, wearer = (
+        stage(segment(readers[w][-1][0], "probe", "long"))[0].vector()
+        for w in ("cards-reader", "librivox-reader")
+    )
+    assert views.whose_voice("long", reader, ["p-1", "p-2"], 0.74, 0.05) == "p-1"
+    assert views.whose_voice("long", wearer, ["p-1", "p-2"], 0.74, 0.05) is None
