@@ -46,7 +46,10 @@ class VadSettings(SettingsGroup):
     """While speech goes on, its audio so far is sent this often (``audio:partials``) for live
     words on the overlay; 0 turns partials off. 1.0 s rather than 1.5 s: a word reaches the page
     1.47-1.49 s after it is said at p95 against 1.73-1.90 s (bench/e2e.py), and the transcript
-    after the speech ends no later (p95 1.64-1.67 s against 1.57-1.64 s)."""
+    after the speech ends no later (p95 1.64-1.67 s against 1.57-1.64 s). 0.5 s, in a later
+    sitting: words p95 1.47-1.56 s against 1.81-1.86 s, but a segment then waited 0.10 s at the
+    transcriber against 0.07 s and text p95 was 1.71-1.75 s against 1.59-1.69 s: partials would
+    delay the transcript."""
 
 
 class FrameSettings(SettingsGroup):
