@@ -257,7 +257,7 @@ class MemoryHandler:
         ranked = rank(self.views.view(msg.session), msg.t_end, view.view_s, view.known_bonus)
         if len(ranked) == 1:
             self.views.heard_with(msg.session, ranked[0].pid, msg.segment_id, msg.embedding)
-        speaker = ranked[0] if len(ranked) == 1 else self._voice_in_view(msg.session, vector, ranked)
+        speaker = ranked[0] if len(ranked) == 1 else self._voice_in_view(msg.session, vector, ranked, None)
         if speaker is None:
             return []
         weight = self.settings.voice_match.weight * (view.known_bonus if speaker.known else 1.0)
@@ -266,17 +266,19 @@ class MemoryHandler:
         log.info("segment=%s person=%s outcome=voice_in_view", msg.segment_id, speaker.pid)
         return self._card(msg.session, msg.t_end, msg.segment_id)
 
-    def _voice_in_view(self, session: str, vector: np.ndarray, ranked: list[Sighting]) -> Sighting | None:
-        """The face in a group that ``vector`` is the voice of: a known voice, or one heard while
-        that face was alone in view; ``None`` when no face's voice is known well enough."""
+    def _voice_in_view(
+        self, session: str, vector: np.ndarray, ranked: list[Sighting], known: str | None
+    ) -> Sighting | None:
+        """The face in a group that ``vector`` is the voice of: ``known`` (the known person the
+        voice matched, if any) when in view, else one whose voice was heard while it was alone in
+        view; ``None`` when no face's voice is known well enough."""
         if len(ranked) < 2:
             return None
         in_view = {s.pid: s for s in ranked}
-        pid, _ = self.voices.match(vector)
-        if pid not in in_view:
+        if known not in in_view:
             match = self.settings.voice_match
-            pid = self.views.whose_voice(session, vector, list(in_view), match.same_voice, match.margin)
-        return in_view.get(pid) if pid else None
+            known = self.views.whose_voice(session, vector, list(in_view), match.same_voice, match.margin)
+        return in_view.get(known) if known else None
 
     def _heard_voice(self, msg: VoiceMessage, pid: str, score: float) -> list[RecallMessage]:
         """A known person's voice. In view, it adds to their evidence (the face that speaks ranks
@@ -377,8 +379,10 @@ class MemoryHandler:
         # ("Alex, this is Priya") is not the speaker's: it goes to someone beside them, the
         # speaker being the face whose voice it is, else the one talking to the wearer, the
         # best-ranked.
-        voice = self.conversations.voiceprint_of(msg.session, msg.segment_id)
-        speaker = self._voice_in_view(msg.session, np.frombuffer(voice, "<f4"), ranked) if voice else None
+        speaker = None
+        if voice := self.conversations.voiceprint_of(msg.session, msg.segment_id):
+            vector = np.frombuffer(voice, "<f4")
+            speaker = self._voice_in_view(msg.session, vector, ranked, self.voices.match(vector)[0])
         if introduces_another(msg.text, intro.name):
             if speaker is not None:
                 ranked = [s for s in ranked if s.pid != speaker.pid]

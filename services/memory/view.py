@@ -22,6 +22,7 @@ import numpy as np
 import redis
 
 from services.memory.repository import text
+from services.memory.voices import decide
 from shared.streams import MemoryKeys
 
 # ARGV: view key, person, t, evidence, half-life, known ('1'/'0'), forget-after (s), match score
@@ -213,10 +214,7 @@ class Views:
         for (pid, _), data in zip(fields, found, strict=True):
             if data is not None and len(data) == voice.nbytes:
                 best[pid] = max(best.get(pid, -1.0), float(np.frombuffer(data, "<f4") @ voice))
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])
-        if not ranked or ranked[0][1] < same or (len(ranked) > 1 and ranked[0][1] - ranked[1][1] < margin):
-            return None
-        return ranked[0][0]
+        return decide(best, same, margin)[0]
 
     def maybe(self, session: str, pids: Collection[str], t: float, face: str) -> None:
         """A face in view at ``t`` scored borderline against these known persons; ``face`` is the

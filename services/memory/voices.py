@@ -45,14 +45,20 @@ class VoiceIndex:
         for pid, score in zip(self._owners, scores.tolist(), strict=True):
             if pid not in exclude and score > best.get(pid, -1.0):
                 best[pid] = score
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])
-        if not ranked:
-            return None, 0.0
-        pid, score = ranked[0]
-        runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
-        if score < self.settings.person_threshold or score - runner_up < self.settings.margin:
-            return None, score
-        return pid, score
+        return decide(best, self.settings.person_threshold, self.settings.margin)
+
+
+def decide(best: Mapping[str, float], threshold: float, margin: float) -> tuple[str | None, float]:
+    """Whose voice it is, from each person's best score: the top one when it reaches ``threshold``
+    and beats the runner-up by ``margin``; else ``None``. Returns the top score either way."""
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])
+    if not ranked:
+        return None, 0.0
+    pid, score = ranked[0]
+    runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+    if score < threshold or score - runner_up < margin:
+        return None, score
+    return pid, score
 
 
 def one_voice(prints: Mapping[str, np.ndarray], same: float) -> set[str]:
